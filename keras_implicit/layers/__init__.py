@@ -1,0 +1,4 @@
+"""Keras 3 layers: state, config and shapes; ``call`` delegates to ``ops``."""
+
+from keras_implicit.layers.neural_ode import NeuralODE
+from keras_implicit.layers.time_dynamics import ConcatConv2D, ConcatDense

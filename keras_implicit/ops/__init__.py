@@ -1,0 +1,5 @@
+"""The functional core: pure TensorFlow, no Keras state."""
+
+from keras_implicit.ops.gradients import Adjoint, Backprop
+from keras_implicit.ops.ode_result import ODEResult, ODEStats
+from keras_implicit.ops.odeint import odeint

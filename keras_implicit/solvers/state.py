@@ -1,0 +1,50 @@
+"""Arithmetic on states held as flat lists of tensors, and the error norm."""
+
+import tensorflow as tf
+
+
+def combine(y, dt, coefficients, derivatives):
+    """``y + dt * sum_i coefficients[i] * derivatives[i]``, skipping zero coefficients."""
+    terms = [(c, k) for c, k in zip(coefficients, derivatives) if c != 0.0]
+    out = []
+    for j, y_j in enumerate(y):
+        if not terms:
+            out.append(y_j)
+            continue
+        acc = None
+        for c, k in terms:
+            term = k[j] if c == 1.0 else tf.cast(c, y_j.dtype) * k[j]
+            acc = term if acc is None else acc + term
+        out.append(y_j + tf.cast(dt, y_j.dtype) * acc)
+    return out
+
+
+def rms(x):
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank == 0:
+        return tf.abs(x)
+    return tf.sqrt(tf.reduce_mean(tf.square(x)))
+
+
+def error_ratio(error, y0, y1, rtol, atol, error_mask=None):
+    """Mixed RMS norm of ``error / (atol + rtol * max(|y0|, |y1|))``.
+
+    The norm is the maximum over state tensors of each tensor's RMS (as in
+    torchdiffeq); tensors whose ``error_mask`` entry is False are left out
+    (the adjoint seminorm of Kidger, Chen & Lyons 2021). Returned in float32
+    or float64 as the state.
+    """
+    ratios = []
+    for j, (e, a, b) in enumerate(zip(error, y0, y1)):
+        if error_mask is not None and not error_mask[j]:
+            continue
+        scale = tf.cast(atol, e.dtype) + tf.cast(rtol, e.dtype) * tf.maximum(tf.abs(a), tf.abs(b))
+        ratios.append(rms(e / scale))
+    if not ratios:
+        raise ValueError("error_mask leaves no state tensor in the error norm.")
+    dtype = ratios[0].dtype
+    return tf.reduce_max(tf.stack([tf.cast(r, dtype) for r in ratios]))
+
+
+def all_finite(tensors):
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in tensors]))

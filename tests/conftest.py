@@ -1,0 +1,37 @@
+"""Test configuration: two logical CPU devices (for MirroredStrategy tests), data path."""
+
+import os
+import pathlib
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Logical devices must be configured before TensorFlow initialises its runtime,
+# that is before any test runs an op.
+_cpus = tf.config.list_physical_devices("CPU")
+if len(tf.config.list_logical_devices("CPU")) < 2:
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mnist_path():
+    """The MNIST directory: $KERAS_IMPLICIT_DATA or ../shared/data/mnist; skips if absent."""
+    path = os.environ.get("KERAS_IMPLICIT_DATA") or str(_REPO.parent / "shared" / "data" / "mnist")
+    if not pathlib.Path(path).exists():
+        pytest.skip(f"MNIST not found at {path}; set KERAS_IMPLICIT_DATA")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    import keras
+
+    keras.utils.clear_session()
+    keras.utils.set_random_seed(0)
+    yield
