@@ -32,8 +32,12 @@ def _check_backend():
 
 _check_backend()
 
+from keras_implicit import applications  # noqa: E402
+from keras_implicit import bijectors  # noqa: E402
 from keras_implicit import callbacks  # noqa: E402
+from keras_implicit import datasets  # noqa: E402
 from keras_implicit import layers  # noqa: E402
+from keras_implicit import models  # noqa: E402
 from keras_implicit import ops  # noqa: E402
 from keras_implicit import solvers  # noqa: E402
 

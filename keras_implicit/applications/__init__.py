@@ -1,0 +1,1 @@
+"""Ready-made architectures built from keras_implicit layers."""

@@ -1,0 +1,1 @@
+"""TensorFlow Probability bijectors for continuous normalizing flows."""

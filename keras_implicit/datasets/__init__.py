@@ -1,0 +1,1 @@
+"""Datasets: MNIST from local files or download, generated toy densities and spirals."""

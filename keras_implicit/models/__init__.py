@@ -1,0 +1,1 @@
+"""``keras.Model`` subclasses built from keras_implicit layers."""
