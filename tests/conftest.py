@@ -11,10 +11,8 @@ import tensorflow as tf  # noqa: E402
 
 # Logical devices must be configured before TensorFlow initialises its runtime,
 # that is before any test runs an op.
-_cpus = tf.config.list_physical_devices("CPU")
-if len(tf.config.list_logical_devices("CPU")) < 2:
-    tf.config.set_logical_device_configuration(
-        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -160,7 +160,11 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             if times[0] == self.t0:
                 return tf.constant(times, dtype), 0
             return tf.constant((self.t0,) + times, dtype), 1
-        solution_times = tf.reshape(tf.cast(solution_times, dtype), [-1])
+        if tf.is_tensor(solution_times):
+            solution_times = tf.cast(solution_times, dtype)
+        else:  # Python floats at full precision (tf.cast would round them to float32)
+            solution_times = tf.constant(solution_times, dtype)
+        solution_times = tf.reshape(solution_times, [-1])
         t0 = tf.constant([self.t0], dtype)
         starts_at_t0 = tf.equal(solution_times[0], t0[0])
         times = tf.cond(starts_at_t0, lambda: solution_times,

@@ -66,23 +66,24 @@ class ODEResult:
         return f"ODEResult(times={self.times!r}, stats={self.stats!r})"
 
 
-_MESSAGES = [base.STATUS_MESSAGES[code] for code in sorted(base.STATUS_MESSAGES)]
+_STATUS_LEGEND = "; ".join(
+    f"{code} = {message}" for code, message in sorted(base.STATUS_MESSAGES.items()) if code)
 
 
 def assert_success(stats, solver_name, phase, outputs):
     """Makes ``outputs`` depend on an assertion that the solve succeeded.
 
     Raises ``tf.errors.InvalidArgumentError`` (eagerly, or when the graph runs)
-    with a message naming the solver, the phase, the reason and the time
-    reached. Under XLA (``jit_compile=True``) assertions are not compiled: the
-    status stays available in the statistics and failed outputs are NaN.
+    with a message naming the solver, the phase, the status and its meaning,
+    and the time reached. Under XLA (``jit_compile=True``) assertions are not
+    compiled: the status stays available in the statistics and the outputs
+    the solve did not reach are NaN.
     """
     ok = tf.equal(stats.status, base.SUCCESS)
-    reason = tf.gather(tf.constant(_MESSAGES), tf.clip_by_value(stats.status, 0, len(_MESSAGES) - 1))
     check = tf.debugging.Assert(
         ok,
-        [f"odeint: the {phase} solve with solver {solver_name!r} failed:", reason,
-         "; status:", stats.status, "; stopped at time:", stats.final_time],
+        [f"odeint: the {phase} solve with solver {solver_name!r} failed with status",
+         stats.status, "at time", stats.final_time, f"(status codes: {_STATUS_LEGEND})"],
         summarize=3,
     )
     with tf.control_dependencies([check]):

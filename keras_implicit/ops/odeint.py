@@ -9,6 +9,7 @@ from keras_implicit.ops.adjoint import solve_with_adjoint
 from keras_implicit.solvers import registry
 
 
+@tf.autograph.experimental.do_not_convert
 def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=None,
            gradient="adjoint", params=None, max_num_steps=10_000, first_step=None,
            on_backward=None):
@@ -83,7 +84,7 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
     flat_params = [tf.convert_to_tensor(p) for p in tf.nest.flatten(params)] if params is not None else []
 
     checked_fn = _structured_fn(fn, y0, flat_y0, params)
-    if direction == 1:
+    if not tf.is_tensor(direction) and direction == 1:
         flat_fn, solve_times = checked_fn, times
     else:
         # Backwards in time: solve in s = direction * t, where dy/ds = direction * f.

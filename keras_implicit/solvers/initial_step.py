@@ -48,7 +48,7 @@ def resolve_first_step(first_step, fn, t0, y0, f0, order, rtol, atol, error_mask
     """
     if first_step is None:
         return select_initial_step(fn, t0, y0, f0, order, rtol, atol, error_mask)
-    first_step = tf.cast(first_step, t0.dtype)
+    first_step = state_ops.cast_to(first_step, t0.dtype)
     return tf.cond(
         first_step > 0,
         lambda: (first_step, tf.constant(0, tf.int32)),

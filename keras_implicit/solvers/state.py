@@ -3,6 +3,16 @@
 import tensorflow as tf
 
 
+def cast_to(x, dtype):
+    """``x`` as a tensor of ``dtype``; Python numbers are converted at full precision.
+
+    (``tf.cast(1 / 6, tf.float64)`` would round 1/6 to float32 first.)
+    """
+    if tf.is_tensor(x):
+        return tf.cast(x, dtype)
+    return tf.constant(x, dtype)
+
+
 def combine(y, dt, coefficients, derivatives):
     """``y + dt * sum_i coefficients[i] * derivatives[i]``, skipping zero coefficients."""
     terms = [(c, k) for c, k in zip(coefficients, derivatives) if c != 0.0]
@@ -13,9 +23,9 @@ def combine(y, dt, coefficients, derivatives):
             continue
         acc = None
         for c, k in terms:
-            term = k[j] if c == 1.0 else tf.cast(c, y_j.dtype) * k[j]
+            term = k[j] if c == 1.0 else tf.constant(c, y_j.dtype) * k[j]
             acc = term if acc is None else acc + term
-        out.append(y_j + tf.cast(dt, y_j.dtype) * acc)
+        out.append(y_j + cast_to(dt, y_j.dtype) * acc)
     return out
 
 
@@ -38,7 +48,7 @@ def error_ratio(error, y0, y1, rtol, atol, error_mask=None):
     for j, (e, a, b) in enumerate(zip(error, y0, y1)):
         if error_mask is not None and not error_mask[j]:
             continue
-        scale = tf.cast(atol, e.dtype) + tf.cast(rtol, e.dtype) * tf.maximum(tf.abs(a), tf.abs(b))
+        scale = cast_to(atol, e.dtype) + cast_to(rtol, e.dtype) * tf.maximum(tf.abs(a), tf.abs(b))
         ratios.append(rms(e / scale))
     if not ratios:
         raise ValueError("error_mask leaves no state tensor in the error norm.")

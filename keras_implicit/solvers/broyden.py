@@ -1,0 +1,75 @@
+"""Limited-memory Broyden's method on ``g(z) = fn(z) - z``."""
+
+import tensorflow as tf
+
+from keras_implicit.solvers import fixed_point_base as base
+
+
+class Broyden(base.FixedPointSolver):
+    """Broyden's ("good") quasi-Newton method for the root of ``g(z) = fn(z) - z``.
+
+    Keeps, per sample, a low-rank approximation of the inverse Jacobian of
+    ``g``: ``B = -I + sum_i u_i v_i^T`` (``-I`` is exact when ``fn`` is
+    constant) and steps ``z <- z - B g(z)``. After each step the rank-one
+    Sherman–Morrison update makes ``B`` map the last change of ``g`` to the
+    last change of ``z``. Only the last ``memory`` updates are kept (the
+    oldest is overwritten). No line search: on a map that is far from
+    contractive the iterates may diverge, which stops the solve with status
+    ``NON_FINITE`` or at ``max_iter``.
+
+    Args:
+        memory: the number of rank-one updates kept, >= 1 (default 10).
+
+    Example:
+        >>> z, stats = Broyden(memory=10).solve(fn, z0, tol=1e-6, max_iter=50)
+
+    Reference:
+        Broyden 1965, A class of methods for solving nonlinear simultaneous
+        equations; Bai, Kolter & Koltun 2019, Deep Equilibrium Models.
+    """
+
+    name = "broyden"
+
+    def __init__(self, memory=10):
+        self.memory = base.check_positive_int("memory", memory)
+
+    def solve(self, fn, z0, *, tol=1e-4, max_iter=50, stop_mode="rel"):
+        base.check_solve_arguments(tol, max_iter, stop_mode)
+        m = self.memory
+        slots = tf.range(m)
+        tiny = tf.constant(tf.experimental.numpy.finfo(z0.dtype.as_numpy_dtype).tiny, z0.dtype)
+
+        def matvec(us, vts, x):
+            """``B x`` for ``B = -I + sum_i u_i v_i^T``, batched."""
+            return -x + tf.einsum("bmd,bm->bd", us, tf.einsum("bmd,bd->bm", vts, x))
+
+        def rmatvec(us, vts, x):
+            """``x^T B``, batched."""
+            return -x + tf.einsum("bmd,bm->bd", vts, tf.einsum("bmd,bd->bm", us, x))
+
+        def step(state, z, fz):
+            us, vts, count = state
+            g = fz - z
+            # The step -B g: with B = -I (no update yet) this is a Picard step.
+            dz = -matvec(us, vts, g)
+            z_next = z + dz
+            fz_next = fn(z_next)
+            dg = (fz_next - z_next) - g
+            vt = rmatvec(us, vts, dz)
+            denominator = tf.reduce_sum(vt * dg, axis=-1, keepdims=True)
+            usable = tf.abs(denominator) > tiny
+            u = tf.where(usable, (dz - matvec(us, vts, dg))
+                         / tf.where(usable, denominator, tf.ones_like(denominator)), 0.0)
+            vt = tf.where(usable, vt, 0.0)
+            slot = tf.equal(slots, count % m)[None, :, None]
+            us = tf.where(slot, u[:, None, :], us)
+            vts = tf.where(slot, vt[:, None, :], vts)
+            return (us, vts, count + 1), z_next, fz_next
+
+        history = tf.zeros(tf.concat([tf.shape(z0)[:1], [m], tf.shape(z0)[1:]], 0), z0.dtype)
+        history = tf.ensure_shape(history, [z0.shape[0], m, z0.shape[1]])
+        state0 = (history, history, tf.constant(0, tf.int32))
+        return base.iterate(fn, z0, step, state0, tol=tol, max_iter=max_iter, stop_mode=stop_mode)
+
+    def get_config(self):
+        return {"name": self.name, "memory": self.memory}
