@@ -77,24 +77,23 @@ def check_solve_arguments(tol, max_iter, stop_mode, prefix=""):
 
 
 def row_norms(v):
-    """Euclidean norm of each row, without overflow of the squares (float32 iterates
-    of a diverging map reach 1e20 long before they overflow)."""
-    scale = tf.reduce_max(tf.abs(v), axis=-1, keepdims=True)
+    """Euclidean norm of each row of ``(batch, dim)``, without overflow of the squares
+    (float32 iterates of a diverging map reach 1e20 long before they overflow)."""
+    scale = tf.reduce_max(tf.abs(v), axis=-1)
     safe = tf.where(scale > 0, scale, tf.ones_like(scale))
-    return tf.norm(v / safe, axis=-1) * scale[..., 0]
+    return tf.sqrt(tf.reduce_sum(tf.square(v / tf.expand_dims(safe, -1)), axis=-1)) * scale
 
 
 def residuals(z, fz):
     """Per-sample absolute and relative residuals of ``(batch, dim)`` tensors."""
     abs_residual = row_norms(fz - z)
-    rel_residual = abs_residual / (row_norms(fz) + tf.cast(_REL_EPSILON, z.dtype))
+    rel_residual = abs_residual / (row_norms(fz) + _REL_EPSILON)
     return abs_residual, rel_residual
 
 
 def batch_where(mask, a, b):
-    """``a`` where the per-sample ``mask`` (batch,) holds, else ``b`` (batch, ...)."""
-    mask = tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([tf.rank(a) - 1], tf.int32)], 0))
-    return tf.where(mask, a, b)
+    """Rows of ``a`` where the per-sample ``mask`` (batch,) holds, else of ``b`` (batch, dim)."""
+    return tf.where(tf.expand_dims(mask, -1), a, b)
 
 
 def iterate(fn, z0, step, state0, *, tol, max_iter, stop_mode):

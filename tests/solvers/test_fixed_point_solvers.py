@@ -1,0 +1,181 @@
+"""Fixed-point solvers against exact fixed points; iteration counts; stopping; the registry."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_implicit.solvers import fixed_point_base, fixed_point_registry
+from keras_implicit.solvers.anderson import Anderson
+from keras_implicit.solvers.broyden import Broyden
+from keras_implicit.solvers.picard import Picard
+
+SOLVERS = ["picard", "anderson", "broyden"]
+
+
+def linear_problem(dim=6, batch=4, norm=0.5, seed=0):
+    """z = z W + x U with ||W||_2 = norm < 1; z* = x U (I - W)^-1, float64."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(dim, dim))
+    w *= norm / np.linalg.norm(w, 2)
+    u = rng.normal(size=(dim, dim))
+    x = rng.normal(size=(batch, dim))
+    exact = x @ u @ np.linalg.inv(np.eye(dim) - w)
+    return (lambda z: z @ tf.constant(w) + tf.constant(x @ u)), exact
+
+
+def tanh_problem(top=0.95, seed=0, dtype=tf.float64):
+    """tanh(z W + x U + b) with W symmetric, eigenvalues spread over [-0.5, top]:
+    slow for Picard (rate near ``top``), where Krylov-like methods gain most."""
+    rng = np.random.default_rng(seed)
+    dim, batch = 32, 8
+    q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    w = q @ np.diag(np.linspace(-0.5, top, dim)) @ q.T
+    u = rng.normal(size=(dim, dim)) / np.sqrt(dim)
+    x = rng.normal(size=(batch, dim))
+    b = 0.1 * rng.normal(size=(dim,))
+    w, xu_b = tf.constant(w, dtype), tf.constant(x @ u + b, dtype)
+    return lambda z: tf.tanh(z @ w + xu_b), tf.zeros([batch, dim], dtype)
+
+
+def test_solvers_find_the_exact_linear_fixed_point():
+    fn, exact = linear_problem()
+    for name in SOLVERS:
+        for stop_mode in ("rel", "abs"):
+            z, stats = fixed_point_registry.get(name).solve(
+                fn, tf.zeros(exact.shape, tf.float64), tol=1e-11, max_iter=500,
+                stop_mode=stop_mode)
+            np.testing.assert_allclose(z.numpy(), exact, rtol=0, atol=1e-9, err_msg=name)
+            assert int(stats.status) == fixed_point_base.SUCCESS
+            assert bool(stats.converged)
+            residual = stats.rel_residual if stop_mode == "rel" else stats.abs_residual
+            assert float(residual) <= 1e-11
+            assert 1 < int(stats.iterations) < 500
+
+
+def test_every_sample_meets_the_tolerance():
+    """Per-sample convergence: the batch mixes an easy sample (z* = 0) with hard ones;
+    the stats report the worst sample and every returned sample meets tol."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(5, 5))
+    w = tf.constant(w * 0.9 / np.linalg.norm(w, 2))
+    x = rng.normal(size=(3, 5)) * np.array([[0.0], [1.0], [100.0]])
+    x = tf.constant(x)
+    fn = lambda z: tf.sin(z @ w) + x  # noqa: E731
+    tol = 1e-8
+    for name in SOLVERS:
+        z, stats = fixed_point_registry.get(name).solve(fn, tf.zeros_like(x), tol=tol,
+                                                        max_iter=300, stop_mode="abs")
+        per_sample = np.linalg.norm((fn(z) - z).numpy(), axis=1)
+        assert np.all(per_sample <= 2 * tol), (name, per_sample)
+        np.testing.assert_array_equal(z.numpy()[0], 0.0)
+        assert int(stats.status) == 0 and float(stats.abs_residual) <= tol
+        # The reported residual is the best iterate's; the solver returns its image,
+        # one contraction step closer.
+        assert per_sample.max() <= float(stats.abs_residual)
+
+
+def test_anderson_and_broyden_need_fewer_iterations_than_picard():
+    """Counts on this seeded problem (tol 1e-8, float64): picard 46, anderson 20, broyden 18."""
+    counts = {}
+    for name in SOLVERS:
+        fn, z0 = tanh_problem()
+        _, stats = fixed_point_registry.get(name).solve(fn, z0, tol=1e-8, max_iter=500)
+        assert int(stats.status) == 0, name
+        counts[name] = int(stats.iterations)
+    print("iterations to tol 1e-8:", counts)
+    assert counts["anderson"] < 0.7 * counts["picard"], counts
+    assert counts["broyden"] < 0.7 * counts["picard"], counts
+
+
+def test_failed_solves_stop_with_their_status():
+    for name in SOLVERS:
+        solver = fixed_point_registry.get(name)
+        # log of a negative number: NaN at the second evaluation.
+        z, stats = solver.solve(tf.math.log, tf.fill([2, 3], 0.5), tol=1e-6, max_iter=1000)
+        assert int(stats.status) == fixed_point_base.NON_FINITE, name
+        assert int(stats.iterations) == 2 and not bool(stats.converged)
+        assert np.all(np.isfinite(z.numpy())), "the best finite iterate is returned"
+        # No fixed point at all: runs to max_iter.
+        _, stats = solver.solve(lambda z: z + 1.0, tf.zeros([2, 3]), tol=1e-6, max_iter=17,
+                                stop_mode="abs")
+        assert int(stats.status) == fixed_point_base.MAX_ITER_REACHED, name
+        assert int(stats.iterations) == 17
+        np.testing.assert_allclose(float(stats.abs_residual), np.sqrt(3.0), rtol=1e-5)
+        # max_iter=1: the image of z0.
+        fn, _ = linear_problem()
+        z0 = tf.ones([4, 6], tf.float64)
+        z, stats = solver.solve(fn, z0, tol=1e-12, max_iter=1)
+        np.testing.assert_allclose(z.numpy(), fn(z0).numpy())
+        assert int(stats.iterations) == 1 and int(stats.status) == 1
+    # z -> 2z + 1 diverges; in float32 it overflows after ~128 steps, far before max_iter
+    # (the relative residual stays 1/2: the norms must not overflow before the iterates).
+    _, stats = Picard().solve(lambda z: 2.0 * z + 1.0, tf.zeros([1, 2]), tol=1e-6,
+                              max_iter=100_000)
+    assert int(stats.status) == fixed_point_base.NON_FINITE
+    assert 100 < int(stats.iterations) < 200
+
+
+def test_solver_traces_with_unknown_batch_size():
+    """Graph mode with a dynamic batch (every solver runs in graphs in tests/ops and
+    tests/layers too)."""
+    fn, exact = linear_problem(batch=3)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 6], tf.float64)])
+    def solve(z0):
+        z, stats = Anderson().solve(fn, z0, tol=1e-10, max_iter=200)
+        return z, stats.iterations
+
+    z, iterations = solve(tf.zeros([3, 6], tf.float64))
+    np.testing.assert_allclose(z.numpy(), exact, atol=1e-8)
+    assert int(iterations) > 1
+
+
+def test_anderson_with_memory_one_is_damped_picard():
+    fn, z0 = tanh_problem(top=0.5)
+    z_p, s_p = Picard(damping=0.7).solve(fn, z0, tol=1e-9, max_iter=400)
+    z_a, s_a = Anderson(memory=1, damping=0.7).solve(fn, z0, tol=1e-9, max_iter=400)
+    assert int(s_p.iterations) == int(s_a.iterations) > 10
+    np.testing.assert_allclose(z_a.numpy(), z_p.numpy(), atol=1e-12)
+
+
+def test_registry_names_dicts_and_instances():
+    assert isinstance(fixed_point_registry.get("anderson"), Anderson)
+    solver = fixed_point_registry.get({"name": "broyden", "memory": 4})
+    assert isinstance(solver, Broyden) and solver.memory == 4
+    instance = Picard(damping=0.5)
+    assert fixed_point_registry.get(instance) is instance
+    for solver in (Anderson(memory=3, regularization=0.0, damping=0.9), Broyden(), Picard()):
+        assert fixed_point_registry.get(fixed_point_registry.serialize(solver)) == solver
+    assert fixed_point_registry.serialize(Anderson()) == "anderson"
+    with pytest.raises(ValueError, match=r"Valid names: \['anderson', 'broyden', 'picard'\]"
+                                         r".*Received: solver='newton'"):
+        fixed_point_registry.get("newton")
+    with pytest.raises(ValueError, match="Invalid options for the solver 'picard'"):
+        fixed_point_registry.get({"name": "picard", "memory": 3})
+    with pytest.raises(ValueError, match="needs a 'name' key"):
+        fixed_point_registry.get({"memory": 3})
+    with pytest.raises(TypeError, match="Received: solver=3"):
+        fixed_point_registry.get(3)
+
+
+def test_bad_options_and_arguments():
+    for make, message in [
+        (lambda: Anderson(memory=0), "memory=0"),
+        (lambda: Anderson(regularization=-1.0), "regularization=-1.0"),
+        (lambda: Anderson(damping=0.0), "damping=0.0"),
+        (lambda: Picard(damping=1.5), "damping=1.5"),
+        (lambda: Broyden(memory=2.5), "memory=2.5"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make()
+    fn, _ = linear_problem()
+    for kwargs, message in [
+        ({"tol": 0.0}, "Received: tol=0.0"),
+        ({"tol": -1e-3}, "Received: tol=-0.001"),
+        ({"tol": float("nan")}, "Received: tol=nan"),
+        ({"max_iter": 0}, "Received: max_iter=0"),
+        ({"max_iter": 2.0}, "Received: max_iter=2.0"),
+        ({"stop_mode": "max"}, "Received: stop_mode='max'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Anderson().solve(fn, tf.zeros([4, 6], tf.float64), **kwargs)
