@@ -2,3 +2,4 @@
 
 from keras_implicit.layers.neural_ode import NeuralODE
 from keras_implicit.layers.time_dynamics import ConcatConv2D, ConcatDense
+from keras_implicit.layers.deq import DEQ
