@@ -79,11 +79,19 @@ def assert_success(stats, solver_name, phase, outputs):
     compiled: the status stays available in the statistics and the outputs
     the solve did not reach are NaN.
     """
-    ok = tf.equal(stats.status, base.SUCCESS)
+    prefix = f"odeint: the {phase} solve with solver {solver_name!r} failed"
+    if tf.executing_eagerly():
+        status = int(stats.status)
+        if status != base.SUCCESS:
+            reason = base.STATUS_MESSAGES.get(status, "unknown status")
+            raise tf.errors.InvalidArgumentError(
+                None, None,
+                f"{prefix} with status {status} at time {float(stats.final_time):.6g}: {reason}.")
+        return outputs
     check = tf.debugging.Assert(
-        ok,
-        [f"odeint: the {phase} solve with solver {solver_name!r} failed with status",
-         stats.status, "at time", stats.final_time, f"(status codes: {_STATUS_LEGEND})"],
+        tf.equal(stats.status, base.SUCCESS),
+        [f"{prefix} with status", stats.status, "at time", stats.final_time,
+         f"(status codes: {_STATUS_LEGEND})"],
         summarize=3,
     )
     with tf.control_dependencies([check]):

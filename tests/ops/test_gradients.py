@@ -1,0 +1,180 @@
+"""Gradients of odeint in float64: adjoint and backprop vs finite differences."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import keras_implicit as ki
+
+TIMES = tf.constant([0.0, 0.4, 1.0], tf.float64)
+OUTPUT_WEIGHTS = tf.constant([1.0, 2.0], tf.float64)
+
+
+class Problem:
+    """Time-dependent nonlinear dynamics reading a variable and a param."""
+
+    def __init__(self):
+        self.w = tf.Variable(np.array([[-0.3, 1.0], [-1.2, 0.1]]))
+        self.y0 = tf.constant([1.0, 0.5], tf.float64)
+        self.p = tf.constant([0.5, -0.2], tf.float64)
+
+    def fn(self, t, y, p):
+        return tf.tanh(tf.linalg.matvec(self.w, y)) + p * tf.sin(3.0 * t)
+
+    def loss(self, y0, p, gradient, solver="dopri5", tol=1e-10, times=TIMES, **kwargs):
+        states = ki.ops.odeint(self.fn, y0, times, solver=solver, rtol=tol, atol=tol, params=p,
+                               gradient=gradient, **kwargs).states
+        return tf.reduce_sum(states[1] ** 2) + tf.reduce_sum(states[-1] * OUTPUT_WEIGHTS)
+
+    def gradients(self, gradient, eager=False, **kwargs):
+        def run(y0, p):
+            with tf.GradientTape() as tape:
+                tape.watch([y0, p])
+                loss = self.loss(y0, p, gradient, **kwargs)
+            return tape.gradient(loss, [y0, p, self.w])
+
+        run = run if eager else tf.function(run)
+        return [g.numpy() for g in run(self.y0, self.p)]
+
+    def finite_differences(self, eps=1e-5, **kwargs):
+        loss = tf.function(lambda y0, p: self.loss(y0, p, "backprop", **kwargs))
+        grads = []
+        for which in range(2):
+            base = [self.y0.numpy(), self.p.numpy()]
+            g = np.zeros(2)
+            for i in range(2):
+                plus, minus = [b.copy() for b in base], [b.copy() for b in base]
+                plus[which][i] += eps
+                minus[which][i] -= eps
+                g[i] = (loss(*plus) - loss(*minus)).numpy() / (2 * eps)
+            grads.append(g)
+        w0 = self.w.numpy()
+        gw = np.zeros_like(w0)
+        for index in np.ndindex(*w0.shape):
+            shift = np.zeros_like(w0)
+            shift[index] = eps
+            self.w.assign(w0 + shift)
+            plus = loss(self.y0, self.p).numpy()
+            self.w.assign(w0 - shift)
+            minus = loss(self.y0, self.p).numpy()
+            gw[index] = (plus - minus) / (2 * eps)
+        self.w.assign(w0)
+        return grads + [gw]
+
+
+@pytest.fixture(scope="module")
+def problem_and_reference():
+    problem = Problem()
+    return problem, problem.finite_differences()
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+def test_dopri5_gradients_match_finite_differences(problem_and_reference, gradient):
+    """For y0, a param and a variable, with time-dependent dynamics and two outputs."""
+    problem, reference = problem_and_reference
+    for got, expected in zip(problem.gradients(gradient), reference):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("solver", ["tfp_dopri5", "bdf"])
+def test_adjoint_through_tfp_solvers_matches_finite_differences(problem_and_reference, solver):
+    problem, reference = problem_and_reference
+    for got, expected in zip(problem.gradients("adjoint", solver=solver, tol=1e-8), reference):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_adjoint_and_backprop_converge_together_on_a_fixed_grid():
+    """On the same RK4 grid the two gradients differ by O(h^4): they agree as steps grow."""
+    problem = Problem()
+    differences = []
+    for steps in (4, 8, 16, 32):
+        adjoint = problem.gradients("adjoint", eager=True, solver="rk4", num_steps=steps)
+        backprop = problem.gradients("backprop", eager=True, solver="rk4", num_steps=steps)
+        differences.append(max(np.abs(a - b).max() for a, b in zip(adjoint, backprop)))
+    assert all(b < a for a, b in zip(differences, differences[1:])), differences
+    rate = np.log2(differences[-2] / differences[-1])
+    assert rate > 3.0, differences
+    assert differences[-1] < 1e-5
+
+
+def test_backwards_in_time_gradient_matches_finite_differences():
+    problem = Problem()
+    times = TIMES[::-1]
+    reference = problem.finite_differences(times=times)
+    for gradient in ("adjoint", "backprop"):
+        for got, expected in zip(problem.gradients(gradient, times=times), reference):
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_reaches_keras_layer_weights_through_the_adjoint():
+    dense = keras.layers.Dense(3, activation="tanh", dtype="float64")
+    y0 = tf.constant(np.random.RandomState(1).randn(4, 3))
+    dense.build((None, 3))
+
+    def grads(gradient):
+        with tf.GradientTape() as tape:
+            tape.watch(y0)
+            states = ki.ops.odeint(lambda t, y: dense(y), y0, [0.0, 1.0], rtol=1e-10,
+                                   atol=1e-10, gradient=gradient).states
+            loss = tf.reduce_sum(states[-1] ** 2)
+        return tape.gradient(loss, [y0] + dense.trainable_variables)
+
+    for a, b in zip(grads("adjoint"), grads("backprop")):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_nested_state_gradient_matches_backprop():
+    scale = tf.Variable(0.7, dtype=tf.float64)
+
+    def fn(t, state):
+        x, v = state["x"], state["v"]
+        return {"x": v, "v": -scale * x - 0.1 * v}
+
+    y0 = {"x": tf.constant([1.0, 2.0], tf.float64), "v": tf.constant([0.0, -1.0], tf.float64)}
+
+    def grads(gradient):
+        with tf.GradientTape() as tape:
+            tape.watch(y0)
+            states = ki.ops.odeint(fn, y0, [0.0, 2.0], rtol=1e-10, atol=1e-10,
+                                   gradient=gradient).states
+            loss = tf.reduce_sum(states["x"][-1] ** 2) + tf.reduce_sum(states["v"][-1])
+        return tape.gradient(loss, [y0["x"], y0["v"], scale])
+
+    for a, b in zip(grads("adjoint"), grads("backprop")):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_backward_stats_and_callback():
+    problem = Problem()
+    received = []
+    with tf.GradientTape() as tape:
+        tape.watch(problem.y0)
+        result = ki.ops.odeint(problem.fn, problem.y0, TIMES, params=problem.p,
+                               on_backward=received.append)
+        loss = tf.reduce_sum(result.states[-1])
+    assert result.stats.backward_nfe is None
+    tape.gradient(loss, problem.y0)
+    assert received == [result.stats]
+    assert int(result.stats.backward_nfe) > 0
+    assert int(result.stats.backward_status) == 0
+
+
+def test_seminorm_saves_backward_steps():
+    """Leaving parameter adjoints out of step control takes fewer backward evaluations
+    (they start at zero, so with a small atol their error would dominate the norm),
+    without changing the gradient beyond the tolerance."""
+    dense = keras.layers.Dense(16, activation="tanh", dtype="float64")
+    y0 = tf.constant(np.random.RandomState(2).randn(8, 16))
+    dense.build((None, 16))
+    nfe, grads = {}, {}
+    for seminorm in (True, False):
+        with tf.GradientTape() as tape:
+            result = ki.ops.odeint(lambda t, y: dense(y), y0, [0.0, 3.0], rtol=1e-3, atol=1e-9,
+                                   gradient=ki.ops.Adjoint(seminorm=seminorm))
+            loss = tf.reduce_sum(result.states[-1] ** 2)
+        grads[seminorm] = tape.gradient(loss, dense.trainable_variables)
+        nfe[seminorm] = int(result.stats.backward_nfe)
+    assert nfe[True] < 0.8 * nfe[False], nfe
+    for a, b in zip(grads[True], grads[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3 * float(tf.reduce_max(tf.abs(b))))

@@ -1,0 +1,135 @@
+"""Bad input to odeint: clear errors naming the argument and the value; nothing hangs."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_implicit as ki
+
+Y0 = tf.constant([1.0, 2.0], tf.float64)
+
+
+def decay(t, y):
+    return -y
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"solver": "rk45"}, ValueError, r"Valid names: \['bdf', 'bosh3', 'dopri5'.*solver='rk45'"),
+        ({"solver": {"name": "dopri5", "safety": 2.0}}, ValueError, "safety=2.0"),
+        ({"solver": {"name": "rk4", "bogus": 1}, "num_steps": 2}, ValueError, "bogus"),
+        ({"solver": 3}, TypeError, "solver=3"),
+        ({"rtol": 0.0}, ValueError, "rtol=0.0"),
+        ({"atol": -1e-3}, ValueError, "atol=-0.001"),
+        ({"solver": "rk4"}, ValueError, "num_steps=None"),
+        ({"solver": "euler", "num_steps": 0}, ValueError, "num_steps=0"),
+        ({"solver": "euler", "num_steps": 2.5}, ValueError, "num_steps=2.5"),
+        ({"gradient": "reverse"}, ValueError, r"Valid names: \['adjoint', 'backprop'\].*'reverse'"),
+        ({"gradient": "backprop", "solver": "bdf"}, ValueError, "gradient='backprop'"),
+        ({"max_num_steps": 0}, ValueError, "max_num_steps=0"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ki.ops.odeint(decay, Y0, [0.0, 1.0], **kwargs)
+
+
+@pytest.mark.parametrize(
+    "times,match",
+    [
+        ([0.0, 0.0], r"t0 == t1.*times=\[0.0, 0.0\]"),
+        ([0.0, 2.0, 1.0], r"strictly increasing or strictly decreasing.*times=\[0.0, 2.0, 1.0\]"),
+        ([0.0], r"at least two entries.*times=\[0.0\]"),
+        ([[0.0, 1.0]], r"1-D"),
+    ],
+)
+def test_bad_times(times, match):
+    with pytest.raises(ValueError, match=match):
+        ki.ops.odeint(decay, Y0, times)
+
+
+def test_unsorted_times_in_a_graph_fail_at_run_time():
+    solve = tf.function(lambda times: ki.ops.odeint(decay, Y0, times).states,
+                        input_signature=[tf.TensorSpec([None], tf.float64)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="strictly increasing"):
+        solve(tf.constant([0.0, 2.0, 1.0], tf.float64))
+
+
+def test_integer_state_is_refused():
+    with pytest.raises(TypeError, match="dtype=int32"):
+        ki.ops.odeint(decay, tf.constant([1, 2]), [0.0, 1.0])
+
+
+def test_mixed_dtype_state_is_refused():
+    with pytest.raises(TypeError, match="one dtype"):
+        ki.ops.odeint(decay, (Y0, tf.constant([1.0], tf.float32)), [0.0, 1.0])
+
+
+def test_dynamics_with_wrong_shape():
+    with pytest.raises(ValueError, match=r"shape \(3,\) for a state of shape \(2,\)"):
+        ki.ops.odeint(lambda t, y: tf.concat([y, y[:1]], 0), Y0, [0.0, 1.0])
+
+
+def test_dynamics_with_wrong_dtype():
+    with pytest.raises(TypeError, match="dtype float32 for a state of dtype float64"):
+        ki.ops.odeint(lambda t, y: tf.cast(y, tf.float32), Y0, [0.0, 1.0])
+
+
+def test_dynamics_with_wrong_structure():
+    with pytest.raises(ValueError, match="structure of the state"):
+        ki.ops.odeint(lambda t, y: (y, y), Y0, [0.0, 1.0])
+
+
+def test_exceeding_max_num_steps_stops_with_a_clear_error():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="status 1 .*max_num_steps"):
+        ki.ops.odeint(lambda t, y: -50.0 * (y - tf.cos(t)), Y0, [0.0, 10.0], rtol=1e-9,
+                      atol=1e-9, max_num_steps=20)
+
+
+NAN_AT_START = [("dopri5", {}), ("rk4", {"num_steps": 4}), ("tfp_dopri5", {})]
+
+
+@pytest.mark.parametrize("solver,kwargs", NAN_AT_START)
+def test_nan_dynamics_at_t0_fail_fast_even_with_a_gradient(solver, kwargs):
+    """TFP's own adjoint loops forever here; ours raises in the forward solve."""
+    w = tf.Variable(1.0, dtype=tf.float64)
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            states = ki.ops.odeint(lambda t, y: w * y * np.nan, Y0, [0.0, 1.0], solver=solver,
+                                   **kwargs).states
+            loss = tf.reduce_sum(states[-1])
+        return tape.gradient(loss, w)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="failed with status"):
+        run()
+
+
+def test_nan_appearing_mid_solve_stops_with_non_finite_status():
+    def fn(t, y):
+        return tf.where(t > 0.5, tf.constant(np.nan, tf.float64), tf.ones_like(y))
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="status 2 at time 0.5.*NaN or Inf"):
+        ki.ops.odeint(fn, Y0, [0.0, 1.0])
+
+
+def test_finite_time_blow_up_ends_with_an_error():
+    """dy/dt = y^2 from y(0) = 1 blows up at t = 1; solving to t = 2 must stop."""
+    with pytest.raises(tf.errors.InvalidArgumentError, match="failed with status"):
+        tf.function(lambda: ki.ops.odeint(lambda t, y: y * y, tf.constant([1.0], tf.float64),
+                                          [0.0, 2.0]).states)()
+
+
+def test_failure_is_a_status_under_xla():
+    """XLA compiles no assertions: the status and NaN outputs report the failure."""
+
+    @tf.function(jit_compile=True)
+    def run():
+        result = ki.ops.odeint(lambda t, y: y * np.nan, Y0, [0.0, 1.0])
+        return result.states, result.stats.status
+
+    states, status = run()
+    assert int(status) == 2
+    assert np.all(np.isnan(states[-1]))

@@ -1,0 +1,55 @@
+"""Butcher tableaux are validated against the Runge–Kutta order conditions."""
+
+import pytest
+
+import keras_implicit as ki
+from keras_implicit.solvers import runge_kutta
+
+
+@pytest.mark.parametrize("tableau,order", [
+    (runge_kutta.EULER, 1), (runge_kutta.MIDPOINT, 2), (runge_kutta.RK4, 4),
+    (runge_kutta.BOGACKI_SHAMPINE, 3), (runge_kutta.DORMAND_PRINCE, 5),
+])
+def test_shipped_tableaux_have_exactly_their_order(tableau, order):
+    a = tableau._square_a()
+    # Checked up to order 5: each method meets its order and (below 5) not one more.
+    assert runge_kutta.satisfied_order(a, tableau.b, tableau.c, max_order=5) == order
+
+
+def test_embedded_and_dense_output_orders():
+    dp = runge_kutta.DORMAND_PRINCE
+    a = dp._square_a()
+    assert runge_kutta.satisfied_order(a, dp.b_error, dp.c) == 4
+    assert runge_kutta.satisfied_order(a, dp.b_mid, dp.c, theta=0.5) == 4
+    assert dp.fsal and runge_kutta.BOGACKI_SHAMPINE.fsal and not runge_kutta.RK4.fsal
+
+
+def test_a_wrong_coefficient_is_caught():
+    with pytest.raises(ValueError, match="claims order 4 but satisfies the order conditions only up to order"):
+        runge_kutta.ButcherTableau("bad_rk4", c=[0, 0.5, 0.5, 1],
+                                   a=[[], [0.5], [0, 0.5], [0, 0, 1]],
+                                   b=[1 / 6, 1 / 3, 1 / 3, 1 / 5], order=4)
+
+
+def test_row_sums_must_match_c():
+    with pytest.raises(ValueError, match=r"c\[1\] must equal the sum of a\[1\]"):
+        runge_kutta.ButcherTableau("bad", c=[0, 0.5], a=[[], [0.4]], b=[0, 1], order=2)
+
+
+def test_a_must_be_strictly_lower_triangular():
+    with pytest.raises(ValueError, match="strictly lower triangular"):
+        runge_kutta.ButcherTableau("bad", c=[0, 0.5], a=[[0.0], [0.5]], b=[0, 1], order=2)
+
+
+def test_registry_round_trip_and_custom_tableau_solver():
+    solver = ki.solvers.get({"name": "dopri5", "safety": 0.8})
+    assert solver.safety == 0.8
+    assert ki.solvers.get(solver.get_config()).get_config() == solver.get_config()
+    heun = runge_kutta.ButcherTableau("heun", c=[0, 1], a=[[], [1]], b=[0.5, 0.5], order=2)
+    fixed = ki.solvers.FixedGridRungeKutta(heun)
+    assert ki.solvers.get(fixed) is fixed
+
+
+def test_adaptive_solver_refuses_tableau_without_error_estimate():
+    with pytest.raises(ValueError, match="embedded error estimate"):
+        ki.solvers.AdaptiveRungeKutta(runge_kutta.RK4)
