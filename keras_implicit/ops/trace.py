@@ -96,13 +96,13 @@ def _check_z(z):
     return z
 
 
-def _evaluate(fn, z):
-    f = fn(z)
-    f = tf.convert_to_tensor(f)
-    if not f.shape.is_compatible_with(z.shape):
+def _evaluate(fn, x, z):
+    """``fn(x)``, checked against ``z`` (``x`` is ``z`` or copies of it along the batch)."""
+    f = tf.convert_to_tensor(fn(x))
+    if not f.shape.is_compatible_with(x.shape):
         raise ValueError(
-            f"`fn` must return a tensor of the shape of `z`. Received: shape {f.shape} "
-            f"for z.shape={z.shape}")
+            f"`fn` must return a tensor of the shape of `z`. Received: an output of event "
+            f"shape {tuple(f.shape[1:])} for z.shape={z.shape}")
     if f.dtype != z.dtype:
         raise TypeError(
             f"`fn` must return the dtype of `z`. Received: dtype {f.dtype.name} for z with "
@@ -137,7 +137,7 @@ def exact_trace(fn, z, frobenius=False):
     tiled = tf.tile(z, [dim] + [1] * event.rank)  # copy k holds example b at k * batch + b
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(tiled)
-        f_tiled = _evaluate(fn, tiled)
+        f_tiled = _evaluate(fn, tiled, z)
     # Row k of every example's Jacobian: the VJP of copy k with the k-th basis vector.
     basis = tf.reshape(tf.eye(dim, dtype=z.dtype), [dim, 1, dim])
     cotangent = tf.reshape(tf.broadcast_to(basis, [dim, batch, dim]), tf.shape(tiled))
@@ -176,12 +176,13 @@ def hutchinson_trace(fn, z, noise, frobenius=False):
     if noise.dtype != z.dtype:
         raise TypeError(f"`noise` must have the dtype of `z` ({z.dtype.name}). "
                         f"Received: noise with dtype={noise.dtype.name}")
+    given_shape = noise.shape
     if noise.shape.rank == z.shape.rank:
         noise = noise[tf.newaxis]
     if noise.shape.rank != z.shape.rank + 1 or not noise.shape[1:].is_compatible_with(z.shape):
         raise ValueError(
             f"`noise` must have shape (batch, *event) or (num_probes, batch, *event) matching "
-            f"z.shape={z.shape}. Received: noise.shape={noise.shape}")
+            f"z.shape={z.shape}. Received: noise.shape={given_shape}")
     num_probes = noise.shape[0]
     if num_probes is None:
         raise ValueError(f"`noise` must have a static number of probes (its first axis). "
@@ -189,7 +190,7 @@ def hutchinson_trace(fn, z, noise, frobenius=False):
     axes = list(range(1, z.shape.rank))
     with tf.GradientTape(persistent=num_probes > 1, watch_accessed_variables=False) as tape:
         tape.watch(z)
-        f = _evaluate(fn, z)
+        f = _evaluate(fn, z, z)
     traces, norms = [], []
     for k in range(num_probes):
         vjp = tape.gradient(f, z, output_gradients=noise[k],
