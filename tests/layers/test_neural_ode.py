@@ -1,0 +1,215 @@
+"""NeuralODE: exact answers, the Keras contract, statistics and bad input."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import tensorflow as tf
+
+import keras
+import keras_implicit as ki
+
+
+def make_model(solver="dopri5", gradient="adjoint", dtype="float32", **kwargs):
+    return keras.Sequential([
+        keras.Input((3,), dtype=dtype),
+        ki.layers.NeuralODE(ki.layers.ConcatDense(3, activation="tanh", dtype=dtype),
+                            solver=solver, gradient=gradient, dtype=dtype, name="ode", **kwargs),
+        keras.layers.Dense(1, dtype=dtype),
+    ])
+
+
+def data(n=32, dtype="float32"):
+    rng = np.random.RandomState(0)
+    x = rng.randn(n, 3).astype(dtype)
+    return x, (x[:, :1] * x[:, 1:2] + x[:, 2:]).astype(dtype)
+
+
+def test_linear_dynamics_match_the_matrix_exponential():
+    """Dense(no bias) dynamics: z(t) = z0 expm(W t), at every solution time."""
+    dense = keras.layers.Dense(3, use_bias=False, dtype="float64")
+    layer = ki.layers.NeuralODE(dense, t1=1.5, solution_times=[0.5, 1.0, 1.5],
+                                return_sequences=True, rtol=1e-9, atol=1e-9, dtype="float64")
+    x = np.random.RandomState(1).randn(4, 3)
+    out = layer(x).numpy()
+    w = dense.kernel.numpy()
+    expected = np.stack([x @ scipy.linalg.expm(w * t) for t in (0.5, 1.0, 1.5)], axis=1)
+    assert out.shape == (4, 3, 3)
+    np.testing.assert_allclose(out, expected, rtol=1e-7, atol=1e-8)
+
+
+def test_backwards_in_time_inverts_forwards():
+    dynamics = ki.layers.ConcatDense(3, activation="tanh", dtype="float64")
+    forward = ki.layers.NeuralODE(dynamics, t0=0.0, t1=1.0, rtol=1e-9, atol=1e-9, dtype="float64")
+    backward = ki.layers.NeuralODE(dynamics, t0=1.0, t1=0.0, rtol=1e-9, atol=1e-9, dtype="float64")
+    x = np.random.RandomState(2).randn(5, 3)
+    np.testing.assert_allclose(backward(forward(x)), x, atol=1e-7)
+
+
+@pytest.mark.parametrize("solver,gradient,kwargs", [
+    ("dopri5", "adjoint", {}), ("dopri5", "backprop", {}), ("rk4", "adjoint", {"num_steps": 4}),
+])
+def test_fit_evaluate_predict_in_sequential(solver, gradient, kwargs):
+    x, y = data()
+    model = make_model(solver, gradient, **kwargs)
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0,
+                        callbacks=[ki.callbacks.SolverStats()])
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert history.history["ode/nfe_forward"][-1] > 0
+    if gradient == "adjoint":
+        assert history.history["ode/nfe_backward"][-1] > 0
+    else:
+        assert history.history["ode/nfe_backward"][-1] == 0
+    assert np.isfinite(model.evaluate(x, y, verbose=0))
+    assert model.predict(x, verbose=0).shape == (32, 1)
+
+
+def test_functional_model_and_feature_map_state():
+    inputs = keras.Input((6, 6, 4))
+    dynamics = keras.Sequential([keras.layers.Conv2D(4, 3, padding="same", activation="tanh")])
+    state = ki.layers.NeuralODE(dynamics, name="ode")(inputs)
+    time_dependent = ki.layers.NeuralODE(ki.layers.ConcatConv2D(4, 3, activation="tanh"))(state)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(time_dependent))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "mse")
+    x = np.random.RandomState(0).randn(8, 6, 6, 4).astype("float32")
+    model.fit(x, np.zeros((8, 2), "float32"), epochs=1, verbose=0)
+    assert model.predict(x, verbose=0).shape == (8, 2)
+
+
+@pytest.mark.parametrize("input_shape,return_sequences,times", [
+    ((3,), False, None), ((3,), True, None), ((3,), True, [0.25, 0.5, 1.0]),
+    ((5, 5, 2), True, [0.5, 1.0]), ((5, 5, 2), False, None),
+])
+def test_compute_output_shape_matches_call(input_shape, return_sequences, times):
+    channels = input_shape[-1]
+    dynamics = (ki.layers.ConcatConv2D(channels, 3) if len(input_shape) == 3
+                else ki.layers.ConcatDense(channels))
+    layer = ki.layers.NeuralODE(dynamics, solution_times=times, return_sequences=return_sequences)
+    x = np.ones((2,) + input_shape, "float32")
+    assert tuple(layer(x).shape) == layer.compute_output_shape((2,) + input_shape)
+
+
+def test_call_time_solution_times_override():
+    dense = keras.layers.Dense(2, use_bias=False, dtype="float64")
+    layer = ki.layers.NeuralODE(dense, return_sequences=True, rtol=1e-9, atol=1e-9,
+                                dtype="float64")
+    x = np.random.RandomState(3).randn(3, 2)
+    for times in ([0.0, 0.3, 2.0], [0.1, 0.2]):
+        out = layer(x, solution_times=tf.constant(times, tf.float64)).numpy()
+        expected = np.stack([x @ scipy.linalg.expm(dense.kernel.numpy() * t) for t in times], 1)
+        np.testing.assert_allclose(out, expected, rtol=1e-7, atol=1e-8)
+
+
+def test_config_round_trip_gives_identical_outputs():
+    layer = ki.layers.NeuralODE(ki.layers.ConcatDense(3, activation="tanh"), t0=0.5, t1=2.0,
+                                solver={"name": "dopri5", "safety": 0.8}, rtol=1e-4,
+                                gradient=ki.ops.Adjoint(rtol=1e-5), solution_times=[1.0, 2.0],
+                                return_sequences=True)
+    x = np.random.RandomState(0).randn(4, 3).astype("float32")
+    out = layer(x)
+    config = layer.get_config()
+    clone = ki.layers.NeuralODE.from_config(config)
+    clone.build((None, 3))
+    clone.set_weights(layer.get_weights())
+    assert clone.get_config() == config
+    np.testing.assert_array_equal(clone(x), out)
+
+
+def test_keras_file_round_trip_with_safe_mode(tmp_path):
+    x, y = data()
+    model = make_model()
+    model.compile("adam", "mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_savedmodel_export_reloads_with_tf_and_tfsmlayer(tmp_path):
+    x, _ = data()
+    model = make_model()
+    expected = model.predict(x, verbose=0)
+    path = str(tmp_path / "exported")
+    model.export(path, verbose=False)
+    restored = tf.saved_model.load(path)
+    # Grappler may fuse ops differently in the exported graph: float32 rounding only.
+    np.testing.assert_allclose(restored.serve(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_float64_model_trains_in_float64():
+    x, y = data(dtype="float64")
+    model = make_model(dtype="float64")
+    model.compile("adam", "mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    assert model.predict(x, verbose=0).dtype == np.float64
+    assert model.get_layer("ode").dynamics.dense.kernel.dtype == "float64"
+
+
+@pytest.mark.parametrize("solver,kwargs,tolerance", [
+    ("rk4", {"num_steps": 4}, 1e-6), ("dopri5", {"rtol": 1e-7, "atol": 1e-7}, 1e-5),
+])
+def test_mirrored_strategy_matches_one_device(solver, kwargs, tolerance):
+    """Two logical CPUs: the same weights after training as on one device."""
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2
+    x, y = data(n=16)
+
+    def train(strategy):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = make_model(solver, **kwargs)
+            model.compile(keras.optimizers.SGD(0.1), "mse")
+        model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+        return model.get_weights()
+
+    one = train(tf.distribute.OneDeviceStrategy(devices[0]))
+    two = train(tf.distribute.MirroredStrategy(devices))
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
+
+
+def test_solver_stats_are_recorded_per_call():
+    layer = ki.layers.NeuralODE(ki.layers.ConcatDense(3, activation="tanh"))
+    x = np.ones((2, 3), "float32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x))
+    tape.gradient(loss, layer.trainable_variables)
+    stats = {k: int(v) for k, v in layer.solver_stats().items()}
+    assert stats["nfe_forward"] == 2 + 6 * (stats["steps_accepted"] + stats["steps_rejected"])
+    assert stats["nfe_backward"] > 0
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"dynamics": "dense"}, TypeError, "dynamics='dense'"),
+    ({"t0": 1.0, "t1": 1.0}, ValueError, "t0=1.0, t1=1.0"),
+    ({"rtol": 0.0}, ValueError, "rtol=0.0"),
+    ({"atol": -1.0}, ValueError, "atol=-1.0"),
+    ({"solver": "rk5"}, ValueError, "solver='rk5'"),
+    ({"solver": "rk4"}, ValueError, "num_steps=None"),
+    ({"solver": "rk4", "num_steps": 0}, ValueError, "num_steps=0"),
+    ({"gradient": "unrolled"}, ValueError, "gradient='unrolled'"),
+    ({"gradient": "backprop", "solver": "bdf"}, ValueError, "gradient='backprop'"),
+    ({"solution_times": [0.5, 0.2, 1.0]}, ValueError, r"solution_times=\[0.5, 0.2, 1.0\]"),
+    ({"solution_times": [0.5, 0.8]}, ValueError, "must end at t1=1.0"),
+    ({"t0": "0"}, TypeError, "t0='0'"),
+])
+def test_bad_arguments(kwargs, error, match):
+    kwargs = {"dynamics": ki.layers.ConcatDense(3), **kwargs}
+    with pytest.raises(error, match=match):
+        ki.layers.NeuralODE(**kwargs)
+
+
+def test_integer_inputs_are_refused():
+    layer = ki.layers.NeuralODE(ki.layers.ConcatDense(3))
+    with pytest.raises(TypeError, match="dtype=int32"):
+        layer(np.ones((2, 3), "int32"))
+
+
+def test_dynamics_changing_the_shape_are_refused():
+    layer = ki.layers.NeuralODE(keras.layers.Dense(4))
+    with pytest.raises(ValueError, match=r"shape \(2, 4\) for a state of shape \(2, 3\)"):
+        layer(np.ones((2, 3), "float32"))
