@@ -1,1 +1,3 @@
 """Datasets: MNIST from local files or download, generated toy densities and spirals."""
+
+from keras_implicit.datasets.spirals import spirals  # noqa: E402,F401

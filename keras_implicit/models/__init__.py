@@ -1,1 +1,4 @@
 """``keras.Model`` subclasses built from keras_implicit layers."""
+
+from keras_implicit.models.latent_ode import LatentODE
+from keras_implicit.models.latent_ode_parts import GRUEncoder, ODEGRUCell, ODERNNEncoder
