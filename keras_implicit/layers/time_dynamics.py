@@ -9,7 +9,8 @@ def _time_column(inputs, t):
     like = inputs[..., :1]
     if t is None:
         return ops.zeros_like(like)
-    return ops.ones_like(like) * ops.cast(t, inputs.dtype)
+    # convert_to_tensor with a dtype keeps Python floats at full precision in float64.
+    return ops.ones_like(like) * ops.convert_to_tensor(t, dtype=inputs.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
