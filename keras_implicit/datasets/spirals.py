@@ -31,7 +31,7 @@ def spiral_positions(u, clockwise, a=0.0, b=0.3):
 
 
 def spirals(n=1000, num_points=100, noise=0.1, seed=0, *, t_max=4.0, observed_fraction=0.5,
-            min_observations=10, max_observations=30, a=0.0, b=0.3, dtype="float32"):
+            min_observations=None, max_observations=None, a=0.0, b=0.3, dtype="float32"):
     """Clockwise and counter-clockwise 2-D spirals, irregularly subsampled with noise.
 
     Each sample is a stretch of one of the paper's two spirals (chosen with
@@ -53,7 +53,8 @@ def spirals(n=1000, num_points=100, noise=0.1, seed=0, *, t_max=4.0, observed_fr
             t_max]``, in (0, 1].
         min_observations, max_observations: bounds of a sample's number of
             observations (both included), ``1 <= min <= max <=`` the grid
-            points in the observed window.
+            points in the observed window (``W``); default ``W // 5`` and
+            ``3 W // 5`` (10 and 30 with the defaults, W = 50).
         a, b: the spirals' shape parameters (the paper's ``a=0, b=0.3``).
         dtype: floating dtype of the returned arrays.
 
@@ -86,6 +87,8 @@ def spirals(n=1000, num_points=100, noise=0.1, seed=0, *, t_max=4.0, observed_fr
     for label, value, low in (("n", n, 1), ("num_points", num_points, 2),
                               ("min_observations", min_observations, 1),
                               ("max_observations", max_observations, 1)):
+        if value is None and label.endswith("observations"):
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"`{label}` must be an int >= {low}. Received: {label}={value!r}")
     if not np.isfinite(noise) or noise < 0:
@@ -100,6 +103,10 @@ def spirals(n=1000, num_points=100, noise=0.1, seed=0, *, t_max=4.0, observed_fr
     grid = np.linspace(0.0, t_max, num_points)
     observed_until = observed_fraction * t_max
     window = int(np.sum(grid <= observed_until + 1e-12 * t_max))
+    if min_observations is None:
+        min_observations = max(1, window // 5)
+    if max_observations is None:
+        max_observations = max(min_observations, 3 * window // 5)
     if not min_observations <= max_observations <= window:
         raise ValueError(
             f"Need min_observations <= max_observations <= {window} (the grid points in the "
