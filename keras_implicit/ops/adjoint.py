@@ -57,9 +57,12 @@ def solve_with_adjoint(flat_fn, y0, times, params, solver, options, adjoint, sta
 
         def grad_fn(*grad_states, variables=None):
             variables = list(variables or [])
+            # The forward solve's last step size starts the backward solve (the adjoint
+            # runs on the same time scales), saving the VJP that choosing it would cost.
+            warm_start = stats.next_step_size if backward_solver is solver else None
             grads_y, grads_p, grads_v, backward_stats = _backward(
                 flat_fn, states, grad_states, times, ps, variables, backward_solver,
-                backward_options, adjoint.seminorm, num_y)
+                backward_options, adjoint.seminorm, num_y, warm_start)
             grads = ode_result.assert_success(
                 backward_stats, backward_solver.name, "backward (adjoint)",
                 grads_y + grads_p + grads_v)
@@ -83,7 +86,7 @@ def _get_solver(identifier):
 
 
 def _backward(flat_fn, states, grad_states, times, params, variables, solver, options,
-              seminorm, num_y):
+              seminorm, num_y, first_step=None):
     grad_states = [tf.zeros_like(s) if g is None else tf.convert_to_tensor(g)
                    for g, s in zip(grad_states, states)]
     num_p = len(params)
@@ -133,7 +136,8 @@ def _backward(flat_fn, states, grad_states, times, params, variables, solver, op
     _, adj, _, nfe, accepted, rejected, status = tf.while_loop(
         lambda i, *_: i > 0,
         interval,
-        (num_times - 1, adj0, tf.zeros([], dtype), zero, zero, zero,
+        (num_times - 1, adj0, tf.zeros([], dtype) if first_step is None else first_step,
+         zero, zero, zero,
          tf.constant(base.SUCCESS, tf.int32)),
     )
     stats = base.SolveStats(nfe, accepted, rejected, status, times[0], tf.zeros([], dtype))
