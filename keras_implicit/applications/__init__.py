@@ -2,3 +2,4 @@
 
 from keras_implicit.applications.odenet_blocks import ODEBlockDynamics, ResidualBlock  # noqa: E402,F401
 from keras_implicit.applications.odenet_mnist import odenet_mnist  # noqa: E402,F401
+from keras_implicit.applications.deq_mnist import deq_mnist  # noqa: E402,F401
