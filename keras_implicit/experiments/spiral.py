@@ -1,4 +1,4 @@
-"""``keras-implicit spiral``: a latent ODE on irregularly sampled spirals (Chen et al. 2018, Sec. 5.1).
+"""``keras-implicit spiral``: a latent ODE on irregular spirals (Chen et al. 2018, Sec. 5.1).
 
 Trains ``ki.models.LatentODE`` on ``ki.datasets.spirals``, then on held-out
 spirals measures how well it reconstructs the observed window and

@@ -106,7 +106,8 @@ class LatentODE(keras.Model):
         self.learn_observation_std = bool(learn_observation_std)
         if isinstance(kl_weight, bool) or not isinstance(
                 kl_weight, (int, float, np.number)) or not kl_weight >= 0:
-            raise ValueError(f"`kl_weight` must be a number >= 0. Received: kl_weight={kl_weight!r}")
+            raise ValueError(
+                f"`kl_weight` must be a number >= 0. Received: kl_weight={kl_weight!r}")
         self.kl_weight = float(kl_weight)
         self.seed = seed
         self.encoder_solver = registry.serialize(
@@ -186,7 +187,7 @@ class LatentODE(keras.Model):
         return observations, times, observed
 
     def encode(self, inputs):
-        """The posterior ``q(z_t0 | inputs)``: ``(mean, log_variance)``, each ``(batch, latent_dim)``."""
+        """The posterior q(z_t0 | inputs): ``(mean, log_variance)``, each (batch, latent_dim)."""
         return self.encoder(*self._prepare(inputs))
 
     def decode(self, z0, times):
@@ -214,10 +215,12 @@ class LatentODE(keras.Model):
         return self.decode(z0, times)
 
     def elbo_terms(self, inputs, training=True):
-        """Per sample: ``(reconstruction, kl)``, the observed entries' negative
-        log-likelihood and ``KL(q(z_t0 | x) || N(0, I))``; ``loss = reconstruction + kl_weight * kl``.
+        """The two terms of the negative ELBO, per sample: ``(reconstruction, kl)``.
 
-        ``training=True`` samples ``z_t0`` (the ELBO's estimator); otherwise its mean is used.
+        ``reconstruction`` is the negative log-likelihood of the observed
+        entries, ``kl`` is ``KL(q(z_t0 | x) || N(0, I))``; the training loss is
+        their batch mean ``reconstruction + kl_weight * kl``. ``training=True``
+        samples ``z_t0`` (the ELBO's estimator); otherwise its mean is used.
         """
         observations, times, observed = self._prepare(inputs)
         mean, log_var = self.encoder(observations, times, observed)
@@ -255,6 +258,8 @@ class LatentODE(keras.Model):
             reconstruction, kl = self.elbo_terms(x, training=True)
             loss = tf.reduce_mean(reconstruction + self.kl_weight * kl)
             total = loss + tf.add_n(self.losses) if self.losses else loss
+            # Replicas' gradients are summed: each contributes its share of the mean.
+            total = total / tf.distribute.get_strategy().num_replicas_in_sync
         grads = tape.gradient(total, self.trainable_weights)
         self.optimizer.apply(grads, self.trainable_weights)
         return self._update_metrics(reconstruction, kl, loss)

@@ -169,7 +169,8 @@ class ODEGRUCell(keras.layers.Layer):
         if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(
                 num_steps, (int, np.integer)) or num_steps < 1):
             raise ValueError(
-                f"`encoder_num_steps` must be an int >= 1. Received: encoder_num_steps={num_steps!r}")
+                f"`encoder_num_steps` must be an int >= 1. "
+                f"Received: encoder_num_steps={num_steps!r}")
         self.num_steps = None if num_steps is None else int(num_steps)
         self.rtol = float(rtol)
         self.atol = float(atol)
