@@ -172,7 +172,8 @@ def test_fit_logs_negative_elbo_reconstruction_kl_and_solver_stats():
     data = ki.datasets.spirals(16, num_points=20, seed=0, min_observations=3,
                                max_observations=6)
     x = {k: data[k] for k in ("observations", "times", "mask")}
-    model = ki.models.LatentODE(2, 2, 8, kl_weight=0.5, seed=1)
+    model = ki.models.LatentODE(2, 2, 8, kl_weight=0.5, seed=1, solver="bosh3",
+                                gradient="backprop")
     model.compile(keras.optimizers.Adam(1e-2))
     history = model.fit(x, batch_size=8, epochs=1, verbose=0,
                         callbacks=[ki.callbacks.SolverStats()]).history
@@ -180,7 +181,6 @@ def test_fit_logs_negative_elbo_reconstruction_kl_and_solver_stats():
     assert np.isfinite(loss) and kl > 0
     np.testing.assert_allclose(loss, rec + 0.5 * kl, rtol=1e-5)
     assert history["latent_ode/nfe_forward"][-1] > 0
-    assert history["latent_ode/nfe_backward"][-1] > 0  # adjoint by default
 
 
 def test_keras_round_trip_and_config(tmp_path):
