@@ -62,10 +62,15 @@ def test_decode_matches_matrix_exponential_at_unsorted_per_sample_times():
     model.latent_ode.dynamics.kernel.assign(w)
     z0 = np.array([[1.0, 0.0, -0.5], [0.2, 0.3, 0.4]])
     times = np.array([[1.5, 0.0, 0.7, 0.7, 3.0], [0.1, 2.2, 0.0, 1.5, 0.35]])
-    got = tf.function(model.decode)(tf.constant(z0), tf.constant(times)).numpy()
+    decode = tf.function(model.decode)
+    got = decode(tf.constant(z0), tf.constant(times)).numpy()
     exact_z = np.stack([[z0[b] @ scipy.linalg.expm(w * t) for t in times[b]] for b in range(2)])
     want = model.decoder(tf.constant(exact_z)).numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-8)
+    # A batch asking only for t0 (one distinct time) decodes z0 itself.
+    at_t0 = decode(tf.constant(z0), tf.zeros((2, 2), tf.float64)).numpy()
+    want_t0 = model.decoder(tf.constant(np.repeat(z0[:, None], 2, axis=1))).numpy()
+    np.testing.assert_allclose(at_t0, want_t0, rtol=0, atol=1e-12)
 
 
 def test_batch_equals_one_by_one_gru():
