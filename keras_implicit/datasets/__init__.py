@@ -2,3 +2,5 @@
 
 from keras_implicit.datasets import mnist  # noqa: E402,F401
 from keras_implicit.datasets.spirals import spirals  # noqa: E402,F401
+
+from keras_implicit.datasets.toy2d import toy2d

@@ -2,3 +2,5 @@
 
 from keras_implicit.models.latent_ode import LatentODE
 from keras_implicit.models.latent_ode_parts import GRUEncoder, ODEGRUCell, ODERNNEncoder
+
+from keras_implicit.models.continuous_flow import ContinuousFlow
