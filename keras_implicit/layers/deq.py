@@ -115,8 +115,9 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
             raise ValueError(
                 f"`on_failure` must be one of {list(ON_FAILURE)}. Received: on_failure={on_failure!r}")
         self.on_failure = on_failure
-        # The solver loops report failures with tf.print / tf.debugging.Assert,
-        # which XLA does not compile.
+        # Failures are reported with tf.debugging.Assert / tf.print, which XLA
+        # does not run: keep jit_compile="auto" off (an explicit jit_compile=True
+        # trains, but then non-convergence shows only in the statistics).
         self.supports_jit = False
 
     @staticmethod

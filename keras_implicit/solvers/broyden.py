@@ -1,5 +1,6 @@
 """Limited-memory Broyden's method on ``g(z) = fn(z) - z``."""
 
+import numpy as np
 import tensorflow as tf
 
 from keras_implicit.solvers import fixed_point_base as base
@@ -15,7 +16,10 @@ class Broyden(base.FixedPointSolver):
     last change of ``z``. Only the last ``memory`` updates are kept (the
     oldest is overwritten). No line search: on a map that is far from
     contractive the iterates may diverge, which stops the solve with status
-    ``NON_FINITE`` or at ``max_iter``.
+    ``NON_FINITE`` or at ``max_iter``. The same happens with a ``tol`` below
+    the dtype's precision (e.g. 1e-8 in float32): once the residual is
+    rounding noise, the updates fit the noise. The best iterate is returned
+    in every case.
 
     Args:
         memory: the number of rank-one updates kept, >= 1 (default 10).
@@ -37,7 +41,8 @@ class Broyden(base.FixedPointSolver):
         base.check_solve_arguments(tol, max_iter, stop_mode)
         m = self.memory
         slots = tf.range(m)
-        tiny = tf.constant(tf.experimental.numpy.finfo(z0.dtype.as_numpy_dtype).tiny, z0.dtype)
+        finfo = np.finfo(z0.dtype.as_numpy_dtype)
+        tiny, eps = tf.constant(finfo.tiny, z0.dtype), tf.constant(finfo.eps, z0.dtype)
 
         def matvec(us, vts, x):
             """``B x`` for ``B = -I + sum_i u_i v_i^T``, batched."""
@@ -57,7 +62,10 @@ class Broyden(base.FixedPointSolver):
             dg = (fz_next - z_next) - g
             vt = rmatvec(us, vts, dz)
             denominator = tf.reduce_sum(vt * dg, axis=-1, keepdims=True)
-            usable = tf.abs(denominator) > tiny
+            # Skip the update where the step no longer changes g measurably (at the
+            # precision floor): a rounding-noise update would blow B up.
+            scale = tf.norm(vt, axis=-1, keepdims=True) * tf.norm(dg, axis=-1, keepdims=True)
+            usable = tf.abs(denominator) > tf.maximum(eps * scale, tiny)
             u = tf.where(usable, (dz - matvec(us, vts, dg))
                          / tf.where(usable, denominator, tf.ones_like(denominator)), 0.0)
             vt = tf.where(usable, vt, 0.0)
