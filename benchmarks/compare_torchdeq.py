@@ -16,11 +16,13 @@ residual ``tol`` 1e-4 forward and backward, ``max_iter`` 50, the implicit
 TensorFlow side traces a ``tf.function`` and warms it up; torch runs eagerly
 (its usual mode). Both sides use ``--threads`` CPU threads (default 1: on a
 shared or loaded machine, torch's OpenMP threads spin-wait and a 2-thread
-torch step can be 30x slower than a 1-thread one). The script writes weights and inputs to a temporary .npz,
-runs the torch side in the given interpreter (a scratch venv with torch and
-torchdeq; neither is a dependency of keras_implicit) and prints one table:
-median seconds per step, forward iterations, and the ratio. Not run by asv or
-pytest; it imports torch only in the ``--torch-side`` subprocess.
+torch step can be 30x slower than a 1-thread one). The script writes weights
+and inputs to a temporary .npz, runs the torch side in the given interpreter
+(a scratch venv with torch and torchdeq; neither is a dependency of
+keras_implicit) and prints one table: median seconds per step, forward and
+backward iterations, a checksum of ``z*`` (the two sides must agree) and the
+ratio. Not run by asv or pytest; it imports torch only in the
+``--torch-side`` subprocess.
 """
 
 import argparse

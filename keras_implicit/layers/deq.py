@@ -85,7 +85,8 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
                  damping=1.0, on_failure="warn", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(cell, keras.layers.Layer):
-            raise TypeError(f"`cell` must be a Keras layer with call(z, x). Received: cell={cell!r}")
+            raise TypeError(
+                f"`cell` must be a Keras layer with call(z, x). Received: cell={cell!r}")
         self.cell = cell
         self._solver = fixed_point_registry.get(solver)
         self._backward_solver = None if backward_solver is None else fixed_point_registry.get(
@@ -113,7 +114,8 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
         self.damping = fixed_point_base.check_damping(damping)
         if on_failure not in ON_FAILURE:
             raise ValueError(
-                f"`on_failure` must be one of {list(ON_FAILURE)}. Received: on_failure={on_failure!r}")
+                f"`on_failure` must be one of {list(ON_FAILURE)}. "
+                f"Received: on_failure={on_failure!r}")
         self.on_failure = on_failure
         # Failures are reported with tf.debugging.Assert / tf.print, which XLA
         # does not run: keep jit_compile="auto" off (an explicit jit_compile=True

@@ -87,7 +87,8 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
     fixed_point_base.check_solve_arguments(backward_tol, backward_max_iter, stop_mode,
                                            prefix="backward_")
     if gradient not in GRADIENTS:
-        raise ValueError(f"`gradient` must be one of {list(GRADIENTS)}. Received: gradient={gradient!r}")
+        raise ValueError(
+            f"`gradient` must be one of {list(GRADIENTS)}. Received: gradient={gradient!r}")
     phantom_steps = fixed_point_base.check_positive_int("phantom_steps", phantom_steps)
     damping = fixed_point_base.check_damping(damping)
     if on_failure not in fixed_point_result.ON_FAILURE:

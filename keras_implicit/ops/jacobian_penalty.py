@@ -28,7 +28,8 @@ def jacobian_frobenius_penalty(fn, z, num_samples=1, seed=None):
         Regularization.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"`num_samples` must be an int >= 1. Received: num_samples={num_samples!r}")
+        raise ValueError(
+            f"`num_samples` must be an int >= 1. Received: num_samples={num_samples!r}")
     with tf.GradientTape(persistent=num_samples > 1) as tape:
         tape.watch(z)
         fz = fn(z)

@@ -42,7 +42,8 @@ class Anderson(base.FixedPointSolver):
         if isinstance(regularization, bool) or not isinstance(
                 regularization, (int, float, np.integer, np.floating)) or not regularization >= 0:
             raise ValueError(
-                f"`regularization` must be a number >= 0. Received: regularization={regularization!r}")
+                f"`regularization` must be a number >= 0. "
+                f"Received: regularization={regularization!r}")
         self.regularization = float(regularization)
         self.damping = base.check_damping(damping)
 
