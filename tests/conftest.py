@@ -30,6 +30,7 @@ def mnist_path():
 def _fresh_keras_state():
     import keras
 
-    keras.utils.clear_session()
+    # free_memory=False skips a gc.collect() per test (~0.4 s CPU each).
+    keras.utils.clear_session(free_memory=False)
     keras.utils.set_random_seed(0)
     yield

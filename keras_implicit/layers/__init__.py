@@ -1,5 +1,6 @@
 """Keras 3 layers: state, config and shapes; ``call`` delegates to ``ops``."""
 
+from keras_implicit.layers.deq import DEQ
+from keras_implicit.layers.deq_cells import DEQConvCell, DEQDenseCell
 from keras_implicit.layers.neural_ode import NeuralODE
 from keras_implicit.layers.time_dynamics import ConcatConv2D, ConcatDense
-from keras_implicit.layers.deq import DEQ
