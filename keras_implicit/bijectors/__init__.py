@@ -1,4 +1,4 @@
 """TensorFlow Probability bijectors for continuous normalizing flows."""
 
-from keras_implicit.bijectors.augmented_dynamics import FlowSolution
-from keras_implicit.bijectors.ffjord import FFJORD, flow_distribution
+from keras_implicit.bijectors.augmented_dynamics import FlowSolution  # noqa: F401
+from keras_implicit.bijectors.ffjord import FFJORD, flow_distribution  # noqa: F401

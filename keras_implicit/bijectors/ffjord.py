@@ -185,7 +185,7 @@ class FFJORD(tfp.bijectors.Bijector):
         self._trace = aug.check_trace_method(value)
         # The bijector cache is keyed by the parameters: results of the other estimator
         # are not reused.
-        self._parameters = {**self._parameters, "trace": self._trace}
+        self._parameters = self._no_dependency({**self._parameters, "trace": self._trace})
 
     def get_config(self):
         return {
@@ -291,7 +291,8 @@ class FFJORD(tfp.bijectors.Bijector):
             solution.stats)
 
     def _attributes(self, solution, sign):
-        attrs = {"fldj": sign * solution.log_det_jacobian, "ildj": -sign * solution.log_det_jacobian}
+        log_det = sign * solution.log_det_jacobian  # of the forward map
+        attrs = {"fldj": log_det, "ildj": -log_det}
         for name in self._regularizers:
             attrs[name] = getattr(solution, name)
         return attrs

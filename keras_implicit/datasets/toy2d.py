@@ -115,7 +115,8 @@ def toy2d(name, n, seed=None):
         (1000, 2)
     """
     if not isinstance(name, str) or name not in _GENERATORS:
-        raise ValueError(f"Unknown toy density. Valid names: {list(NAMES)}. Received: name={name!r}")
+        raise ValueError(
+            f"Unknown toy density. Valid names: {list(NAMES)}. Received: name={name!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"`n` must be an int >= 1. Received: n={n!r}")
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""``ContinuousFlow``: a Keras model of a density, a standard normal pushed through FFJORD blocks."""
+"""``ContinuousFlow``: a density model, a standard normal pushed through FFJORD blocks."""
 
 import contextlib
 import math
@@ -133,7 +133,8 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         if dynamics is None:
             if isinstance(num_blocks, bool) or not isinstance(num_blocks, (int, np.integer)) \
                     or num_blocks < 1:
-                raise ValueError(f"`num_blocks` must be an int >= 1. Received: num_blocks={num_blocks!r}")
+                raise ValueError(
+                    f"`num_blocks` must be an int >= 1. Received: num_blocks={num_blocks!r}")
             dynamics = [ConcatMLP(hidden_units, activation, dtype=self.dtype_policy,
                                   name=f"dynamics_{k}") for k in range(num_blocks)]
         elif isinstance(dynamics, keras.layers.Layer):
@@ -160,9 +161,9 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         self.seed = seed
         self._seed_generator = keras.random.SeedGenerator(seed)
         object.__setattr__(self, "_flow_blocks", None)  # FFJORDs are not Keras-tracked
-        self._trackers = {name: keras.metrics.Mean(name=name) for name in (
-            "loss", "nll", "bits_per_dim", *[n for n in _REGULARIZERS if self._regularizer_weights[n] > 0],
-            "nfe_forward", "nfe_backward")}
+        logged = ["loss", "nll", "bits_per_dim", *self.flow_options["regularizers"],
+                  "nfe_forward", "nfe_backward"]
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in logged}
 
     # ----------------------------------------------------------------- building
     def build(self, input_shape):
@@ -267,7 +268,8 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
     def sample(self, n, seed=None):
         """``n`` samples ``(n, *event)``: base draws pushed through the blocks (no trace)."""
         if not self.built:
-            raise ValueError("The ContinuousFlow is not built yet: call it on data or fit it first.")
+            raise ValueError(
+                "The ContinuousFlow is not built yet: call it on data or fit it first.")
         shape = tf.concat([tf.reshape(tf.cast(n, tf.int32), [1]), self.event_shape], 0)
         if seed is None:
             z = keras.random.normal(shape, dtype=self.compute_dtype, seed=self._seed_generator)

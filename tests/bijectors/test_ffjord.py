@@ -181,7 +181,8 @@ def test_gradients_adjoint_backprop_and_finite_differences_agree(trace):
 
 def test_rnode_regularisers_are_integrated_along_the_trajectory():
     span = 1.5
-    flow = linear_flow(t1=span, trace="exact", regularizers=("kinetic_energy", "jacobian_frobenius"))
+    flow = linear_flow(t1=span, trace="exact",
+                       regularizers=("kinetic_energy", "jacobian_frobenius"))
     x = tf.constant(RNG.normal(size=(3, 3)))
     regs = flow.forward_regularization(x)
     # Kinetic energy: the integral of ||A z(t)||^2, z(t) = expm(tA) x, by Simpson's rule.

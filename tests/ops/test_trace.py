@@ -42,7 +42,8 @@ def test_exact_trace_flattens_events_of_any_rank():
     matrix = RNG.normal(size=(12, 12))
 
     def fn(x):  # a linear map on the flattened (2, 3, 2) event
-        return tf.reshape(tf.linalg.matvec(tf.constant(matrix), tf.reshape(x, (-1, 12))), tf.shape(x))
+        flat = tf.reshape(x, (-1, 12))
+        return tf.reshape(tf.linalg.matvec(tf.constant(matrix), flat), tf.shape(x))
 
     _, trace = exact_trace(fn, tf.constant(RNG.normal(size=(3, 2, 3, 2))))
     np.testing.assert_allclose(trace.numpy(), [np.trace(matrix)] * 3, rtol=1e-12)
