@@ -134,7 +134,7 @@ def _plot(path, name, data, samples, log_prob, resolution):
     grid = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
     density = np.exp(np.concatenate([log_prob(tf.constant(grid[i:i + 4096])).numpy()
                                      for i in range(0, len(grid), 4096)]))
-    figure, axes = plt.subplots(1, 3, figsize=(12, 4))
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.3), layout="constrained")
     panels = [("data", data), ("learned density", None), ("samples", samples)]
     for ax, (title, points) in zip(axes, panels):
         if points is None:
@@ -149,6 +149,5 @@ def _plot(path, name, data, samples, log_prob, resolution):
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-    figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -48,6 +48,6 @@ def test_trains_and_writes_figure_metrics_and_model(flow_only, tmp_path, capsys)
     assert metrics["nfe_forward"] == 12  # three RK4 steps of four stages
     assert f"{metrics['test_nll']:.4f} nats" in capsys.readouterr().out
     image = matplotlib.image.imread(out / "flow2d.png")
-    assert image.shape[0] > 100 and image.shape[1] > 3 * image.shape[0] - 100  # three panels
+    assert image.shape[0] > 100 and image.shape[1] > 2.5 * image.shape[0]  # three panels
     assert image[..., :3].std() > 0.05  # not a blank canvas
     assert (out / "flow.keras").stat().st_size > 0
