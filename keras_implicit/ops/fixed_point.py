@@ -13,6 +13,7 @@ from keras_implicit.solvers import fixed_point_registry
 GRADIENTS = ("implicit", "phantom", "unrolled")
 
 
+@tf.autograph.experimental.do_not_convert
 def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mode="rel",
                 backward_solver=None, backward_tol=None, backward_max_iter=None,
                 gradient="implicit", phantom_steps=1, damping=1.0, jacobian_penalty=False,
