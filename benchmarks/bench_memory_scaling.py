@@ -2,7 +2,8 @@
 
 ResNet with 6, 24 and 96 residual blocks (memory O(L)), RK-Net with 6, 24 and
 96 RK4 steps backpropagated through (O(L~), L~ = 4 x steps evaluations) and
-the adjoint ODE-Net (O(1): its memory does not grow with its NFE), batch 16.
+the adjoint ODE-Net (O(1): its memory does not grow with its NFE), batch 16;
+each as the whole MNIST model and as the differing part alone (``part``).
 
 ``track_step_memory`` is the step's own peak above the memory held before it
 (``keras_implicit.experiments.measure``): TensorFlow's CPU allocator peak when
@@ -24,26 +25,36 @@ BATCH = common.quick(16, 2)
 
 
 class TrainingStepMemory:
-    """Peak memory of one warm training step per depth / number of steps."""
+    """Peak memory of one warm training step per depth / number of steps.
 
-    params = [CONFIGS]
-    param_names = ["model"]
+    ``part="model"`` is the whole MNIST model, whose downsampling stem (26x26
+    and 13x13 feature maps) sets the peak until the stack is deep;
+    ``part="stack"`` is the part that differs, alone: the residual blocks or
+    the ODE block on a 6x6x64 input, then pooling and Dense(10).
+    """
+
+    params = [CONFIGS, ["stack", "model"]]
+    param_names = ["model", "part"]
     timeout = 300
 
-    def setup(self, model):
-        self.model = common.build_model(model)
-        self.x, self.y = common.mnist_batch(BATCH)
+    def setup(self, model, part):
+        if part == "model":
+            self.model = common.build_model(model)
+            self.x, self.y = common.mnist_batch(BATCH)
+        else:
+            self.model = common.build_feature_stack(model)
+            self.x, self.y = common.feature_batch(BATCH)
         self.step = common.make_train_step(self.model)
         self.step(self.x, self.y)
         self.meter = measure.StepMemoryMeter()
 
-    def peakmem_training_step(self, model):
+    def peakmem_training_step(self, model, part):
         self.step(self.x, self.y)
 
-    def track_step_memory(self, model):
+    def track_step_memory(self, model, part):
         return self.meter.measure(lambda: self.step(self.x, self.y))
 
-    def track_nfe_forward(self, model):
+    def track_nfe_forward(self, model, part):
         self.step(self.x, self.y)
         return common.solver_stats(self.model).get("nfe_forward", 0)
 

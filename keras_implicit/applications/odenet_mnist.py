@@ -92,7 +92,7 @@ def odenet_mnist(kind="odenet", *, input_shape=(28, 28, 1), num_classes=10, filt
     Example:
         >>> model = ki.applications.odenet_mnist("odenet")
         >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        >>> model.count_params()
+        >>> sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         208266
 
     Reference:
