@@ -2,10 +2,11 @@
 
 Trains the paper's four classifiers (``ki.applications.odenet_mnist``: MLP,
 ResNet, RK-Net, ODE-Net) with ``fit``, evaluates each on the test set (all
-10,000 images by default) and measures one training step of each: its peak
-memory above what was held before it (GPU allocator with a GPU; on CPU
-TensorFlow's CPU allocator, see ``experiments/measure.py``), its median time,
-and for the ODE models the forward and backward (adjoint) NFE. Prints the
+10,000 images by default) and measures the training steps of ``fit`` (all
+but the first, which traces): their peak memory above what was held before
+each (GPU allocator with a GPU; on CPU TensorFlow's CPU allocator, see
+``experiments/measure.py``), their median time, and for the ODE models the
+forward and backward (adjoint) NFE. Prints the
 table and writes ``table1.csv``, ``table1.md`` (next to the paper's numbers)
 and ``table1.png`` to ``--out``.
 
@@ -15,6 +16,7 @@ Adam, so that the short budgets a CPU allows already give low errors.
 
 import argparse
 import os
+import sys
 import time
 
 MODELS = ("mlp", "resnet", "rknet", "odenet")
@@ -167,7 +169,7 @@ def run(args):
     try:
         data = load_split(args.data, args.train_size, args.test_size, args.seed)
     except (ValueError, FileNotFoundError) as error:
-        print(f"keras-implicit table1: error: {error}", flush=True)
+        print(f"keras-implicit table1: error: {error}", file=sys.stderr, flush=True)
         return 2
     (x_train, _), (x_test, _) = data
     # Measured steps: full batches of every epoch but the very first (it traces).
@@ -175,7 +177,8 @@ def run(args):
         print(f"keras-implicit table1: error: measuring a training step needs two full "
               f"training batches (the first one traces): raise `--train-size` or `--epochs`, "
               f"or lower `--batch-size`. Received: --train-size={len(x_train)}, "
-              f"--epochs={args.epochs}, --batch-size={args.batch_size}", flush=True)
+              f"--epochs={args.epochs}, --batch-size={args.batch_size}", file=sys.stderr,
+              flush=True)
         return 2
     meter = measure.StepMemoryMeter()
     print(f"MNIST: {len(x_train)} training and {len(x_test)} test images; models: "

@@ -75,11 +75,11 @@ def test_run_reports_bad_data_and_budget(mnist_path, tmp_path, capsys, monkeypat
     monkeypatch.setenv(measure.ALLOCATOR_ENVIRONMENT_VARIABLE, "false")
     args = parse(["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "out")])
     assert table1.run(args) == 2
-    assert "no such file or directory" in capsys.readouterr().out
+    assert "no such file or directory" in capsys.readouterr().err
     args = parse(["--data", mnist_path, "--train-size", "100", "--batch-size", "64",
                   "--out", str(tmp_path / "out")])
     assert table1.run(args) == 2
-    assert "needs two full training batches" in capsys.readouterr().out
+    assert "needs two full training batches" in capsys.readouterr().err
 
 
 def test_memory_meter_sees_a_large_allocation():
