@@ -26,6 +26,20 @@ def mnist_path():
     return path
 
 
+@pytest.fixture(scope="session")
+def two_device_strategies():
+    """``(OneDeviceStrategy, MirroredStrategy)`` over the two logical CPUs.
+
+    One MirroredStrategy for the whole session: each new strategy restarts its
+    collective instance keys, and TensorFlow's runtime rejects a key reused with
+    another dtype ("Collective instance 100 expected ... data_type").
+    """
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2
+    return (tf.distribute.OneDeviceStrategy(devices[0]),
+            tf.distribute.MirroredStrategy(devices))
+
+
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
     import keras

@@ -131,9 +131,7 @@ def test_saved_model_export_and_tfsmlayer(tmp_path):
     np.testing.assert_allclose(np.asarray(layer(tf.constant(x))), expected, atol=1e-6)
 
 
-def test_mirrored_strategy_matches_one_device():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    assert len(devices) == 2
+def test_mirrored_strategy_matches_one_device(two_device_strategies):
     x, y = data(n=16, dtype="float64")
 
     def train(strategy):
@@ -145,8 +143,9 @@ def test_mirrored_strategy_matches_one_device():
         model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
         return [v.numpy() for v in model.weights], model.get_layer("deq").solver_stats()
 
-    single, _ = train(tf.distribute.OneDeviceStrategy(devices[0]))
-    mirrored, stats = train(tf.distribute.MirroredStrategy(devices))
+    one_device, mirrored_strategy = two_device_strategies
+    single, _ = train(one_device)
+    mirrored, stats = train(mirrored_strategy)
     # Each replica's solve stops when its half of the batch converges (to 1e-10), so
     # the two differ at that level; a gradient not summed over replicas would be off by 1e-2.
     for a, b in zip(single, mirrored):
