@@ -1,8 +1,7 @@
 """The ``keras-implicit`` console script.
 
 Each subcommand lives in ``keras_implicit.experiments.<name>`` as a module with
-``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches,
-importing TensorFlow lazily so ``--help`` is instant.
+``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches.
 """
 
 import argparse

@@ -180,7 +180,6 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         stats = result.stats
         self._record_solver_stats({
             "nfe_forward": stats.forward_nfe,
-            "nfe_backward": 0,
             "steps_accepted": stats.accepted_steps,
             "steps_rejected": stats.rejected_steps,
         })

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from keras_implicit.ops import ode_result
 from keras_implicit.solvers import base
+from keras_implicit.solvers import state as state_ops
 from keras_implicit.solvers.fixed_grid import steps_per_interval
 
 
@@ -62,7 +63,7 @@ def solve_with_adjoint(flat_fn, y0, times, params, solver, options, adjoint, sta
             warm_start = stats.next_step_size if backward_solver is solver else None
             grads_y, grads_p, grads_v, backward_stats = _backward(
                 flat_fn, states, grad_states, times, ps, variables, backward_solver,
-                backward_options, adjoint.seminorm, num_y, warm_start)
+                backward_options, adjoint.seminorm, num_y, warm_start, adjoint.normalize)
             grads = ode_result.assert_success(
                 backward_stats, backward_solver.name, "backward (adjoint)",
                 grads_y + grads_p + grads_v)
@@ -85,8 +86,14 @@ def _get_solver(identifier):
     return registry.get(identifier, argument="Adjoint(solver)")
 
 
+def _cotangent_scale(a):
+    """The largest RMS of the adjoint's tensors, or 1 where that is 0 or not finite."""
+    scale = tf.reduce_max(tf.stack([state_ops.rms(tf.cast(x, tf.float64)) for x in a]))
+    return tf.where((scale > 0) & tf.math.is_finite(scale), scale, tf.ones_like(scale))
+
+
 def _backward(flat_fn, states, grad_states, times, params, variables, solver, options,
-              seminorm, num_y, first_step=None):
+              seminorm, num_y, first_step=None, normalize=False):
     grad_states = [tf.zeros_like(s) if g is None else tf.convert_to_tensor(g)
                    for g, s in zip(grad_states, states)]
     num_p = len(params)
@@ -113,9 +120,14 @@ def _backward(flat_fn, states, grad_states, times, params, variables, solver, op
     num_times = tf.shape(times)[0]
 
     def interval(i, adj, first_step, nfe, accepted, rejected, status):
-        # Integrates from times[i] back to times[i - 1].
+        # Integrates from times[i] back to times[i - 1]. The adjoint equations are
+        # linear in (a, a_theta): the solve runs on a / scale, so that the tolerances
+        # act relative to the cotangent's size, whatever the loss's scale.
         y_i = [s[i] for s in states]
-        aug0 = y_i + adj
+        a, totals = adj[:num_y], adj[num_y:]
+        scale = _cotangent_scale(a) if normalize else None
+        aug0 = y_i + ([x / tf.cast(scale, x.dtype) for x in a] if normalize else a)
+        aug0 += [tf.zeros_like(x) for x in totals] if normalize else totals
         local = dict(options)
         if counts is not None:
             local["num_steps"] = counts[i - 1]
@@ -123,6 +135,9 @@ def _backward(flat_fn, states, grad_states, times, params, variables, solver, op
         out, st = solver.solve(augmented, aug0, tau, error_mask=error_mask,
                                first_step=first_step if solver.adaptive else None, **local)
         final = [x[-1] for x in out]
+        if normalize:
+            final = final[:num_y] + [tf.cast(scale, x.dtype) * x for x in final[num_y:]]
+            final = final[:2 * num_y] + [t + x for t, x in zip(totals, final[2 * num_y:])]
         a = [x + g[i - 1] for x, g in zip(final[num_y: 2 * num_y], grad_states)]
         adj = a + final[2 * num_y:]
         status = tf.where(tf.equal(status, base.SUCCESS), st.status, status)

@@ -20,6 +20,14 @@ class Adjoint:
             adapters) ignore this.
         solver: solver of the backward solve; ``None`` uses the forward solver.
         max_num_steps: bound of the backward solve; ``None`` uses the forward one.
+        normalize: solve for the cotangent divided by its RMS (the adjoint
+            equations are linear), so that ``rtol``/``atol`` bound its error
+            relative to its size. Without it the error control depends on the
+            loss's scale: a mean over a large batch gives cotangents far below
+            ``atol``, which then control nothing (as in torchdiffeq). Off by
+            default: on the MNIST ODE block it cuts the gradient's error from
+            5.7% to 1.7% but takes 3-7x more backward evaluations, and training
+            the ODE-Net did not improve (README, "Gradients").
 
     Example:
         >>> ki.ops.odeint(fn, y0, t, gradient=ki.ops.Adjoint(rtol=1e-5, atol=1e-5))
@@ -27,7 +35,8 @@ class Adjoint:
 
     name = "adjoint"
 
-    def __init__(self, rtol=None, atol=None, seminorm=True, solver=None, max_num_steps=None):
+    def __init__(self, rtol=None, atol=None, seminorm=True, solver=None, max_num_steps=None,
+                 normalize=False):
         for label, value in (("rtol", rtol), ("atol", atol)):
             if value is not None and not value > 0:
                 raise ValueError(f"`{label}` must be > 0. Received: {label}={value}")
@@ -39,6 +48,7 @@ class Adjoint:
         self.seminorm = bool(seminorm)
         self.solver = solver
         self.max_num_steps = max_num_steps
+        self.normalize = bool(normalize)
 
     def get_config(self):
         from keras_implicit.solvers import registry
@@ -47,7 +57,8 @@ class Adjoint:
         if solver is not None:
             solver = registry.serialize(registry.get(solver))
         return {"name": self.name, "rtol": self.rtol, "atol": self.atol,
-                "seminorm": self.seminorm, "solver": solver, "max_num_steps": self.max_num_steps}
+                "seminorm": self.seminorm, "solver": solver, "max_num_steps": self.max_num_steps,
+                "normalize": self.normalize}
 
     def __repr__(self):
         return f"Adjoint({self.get_config()})"

@@ -62,6 +62,9 @@ def test_fit_evaluate_predict_in_sequential(solver, gradient, kwargs):
         assert history.history["ode/nfe_backward"][-1] == 0
     assert np.isfinite(model.evaluate(x, y, verbose=0))
     assert model.predict(x, verbose=0).shape == (32, 1)
+    # Inference runs no backward solve, so it keeps the last gradient's count.
+    stats = model.get_layer("ode").solver_stats()
+    assert (int(stats["nfe_backward"]) > 0) == (gradient == "adjoint")
 
 
 def test_functional_model_and_feature_map_state():

@@ -193,3 +193,37 @@ def test_adjoint_with_and_without_seminorm_matches_backprop(seminorm):
 
     for a, b in zip(grads(ki.ops.Adjoint(seminorm=seminorm)), grads("backprop")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_normalized_adjoint_does_not_depend_on_the_loss_scale():
+    # The backward solve runs on a / rms(a): scaling the loss by 1e-6 must give the
+    # same steps and the same gradient times 1e-6, and both must match backprop.
+    dense = keras.layers.Dense(8, activation="tanh", dtype="float64")
+    dense.build((None, 8))
+    y0 = tf.constant(np.random.RandomState(3).randn(16, 8))
+
+    def grads(gradient, scale, tol):
+        with tf.GradientTape() as tape:
+            tape.watch(y0)
+            result = ki.ops.odeint(lambda t, y: 2.0 * dense(y), y0, [0.0, 1.0], rtol=tol,
+                                   atol=tol, gradient=gradient)
+            loss = scale * tf.reduce_sum(result.states[-1] ** 2)
+        gradients = tape.gradient(loss, [y0] + dense.trainable_variables)
+        return [g.numpy() / scale for g in gradients], result.stats
+
+    reference, _ = grads("backprop", 1.0, 1e-10)
+    adjoint = ki.ops.Adjoint(normalize=True)
+    unit, unit_stats = grads(adjoint, 1.0, 1e-4)
+    tiny, tiny_stats = grads(adjoint, 1e-6, 1e-4)
+    assert int(unit_stats.backward_nfe) == int(tiny_stats.backward_nfe)
+    for a, b, ref in zip(unit, tiny, reference):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+        assert np.linalg.norm(a - ref) / np.linalg.norm(ref) < 1e-3
+
+
+def test_adjoint_options_survive_their_config():
+    adjoint = ki.ops.Adjoint(rtol=1e-4, seminorm=False, normalize=True, solver="rk4")
+    restored = ki.ops.gradients.get(adjoint.get_config())
+    assert restored.get_config() == adjoint.get_config()
+    assert restored.normalize and not restored.seminorm
+    assert ki.ops.gradients.serialize(ki.ops.Adjoint()) == "adjoint"
