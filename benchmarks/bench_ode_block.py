@@ -22,7 +22,7 @@ def batch_sizes():
     return [8] if QUICK else [64, 128]
 
 
-def make_block(gradient="adjoint", t1=1.0, solver="dopri5"):
+def make_block(gradient="adjoint", t1=1.0, solver="dopri5", jit_dynamics=False):
     import keras
 
     import keras_implicit as ki
@@ -30,7 +30,7 @@ def make_block(gradient="adjoint", t1=1.0, solver="dopri5"):
     keras.utils.set_random_seed(0)
     dynamics = ki.applications.ODEBlockDynamics(CHANNELS, groups=GROUPS)
     layer = ki.layers.NeuralODE(dynamics, t1=t1, solver=solver, rtol=1e-3, atol=1e-3,
-                                gradient=gradient)
+                                gradient=gradient, jit_dynamics=jit_dynamics)
     layer.build((None, SIZE, SIZE, CHANNELS))
     return layer
 
@@ -74,29 +74,30 @@ def make_raw_tfp_step(layer):
 
 
 class ODEBlockTrainStep:
-    """Forward + backward of the ODE block (what one training step costs)."""
+    """Forward + backward of the ODE block (what one training step costs), with the
+    dynamics run by TensorFlow's graph executor or compiled by XLA (jit_dynamics)."""
 
-    params = ([8] if QUICK else [64, 128], ["adjoint", "backprop"])
-    param_names = ["batch", "gradient"]
+    params = ([8] if QUICK else [64, 128], ["adjoint", "backprop"], [False, True])
+    param_names = ["batch", "gradient", "jit_dynamics"]
     timeout = 300
 
-    def setup(self, batch, gradient):
-        self.layer = make_block(gradient)
+    def setup(self, batch, gradient, jit_dynamics):
+        self.layer = make_block(gradient, jit_dynamics=jit_dynamics)
         self.x = make_input(batch)
         self.step = make_train_step(self.layer)
-        self.step(self.x)  # trace and warm up
+        self.step(self.x)  # trace, compile and warm up
 
-    def time_train_step(self, batch, gradient):
+    def time_train_step(self, batch, gradient, jit_dynamics):
         self.step(self.x)
 
-    def peakmem_train_step(self, batch, gradient):
+    def peakmem_train_step(self, batch, gradient, jit_dynamics):
         self.step(self.x)
 
-    def track_nfe_forward(self, batch, gradient):
+    def track_nfe_forward(self, batch, gradient, jit_dynamics):
         self.step(self.x)
         return int(self.layer.solver_stats()["nfe_forward"])
 
-    def track_nfe_backward(self, batch, gradient):
+    def track_nfe_backward(self, batch, gradient, jit_dynamics):
         self.step(self.x)
         return int(self.layer.solver_stats()["nfe_backward"])
 

@@ -51,7 +51,7 @@ def _head(x, groups, num_classes):
 
 def odenet_mnist(kind="odenet", *, input_shape=(28, 28, 1), num_classes=10, filters=64,
                  groups=32, num_blocks=None, hidden_units=None, solver=None, num_steps=None,
-                 gradient=None, rtol=1e-3, atol=1e-3, name=None):
+                 gradient=None, rtol=1e-3, atol=1e-3, jit_dynamics=None, name=None):
     """Builds one of the paper's MNIST classifiers: MLP, ResNet, RK-Net or ODE-Net.
 
     All but the MLP share a downsampling stem (conv 3×3 → GroupNorm → ReLU →
@@ -83,6 +83,8 @@ def odenet_mnist(kind="odenet", *, input_shape=(28, 28, 1), num_classes=10, filt
             ``NeuralODE``'s solver (``"rknet"``: ``"rk4"``, 4 steps,
             ``"backprop"``; ``"odenet"``: ``"dopri5"``, ``"adjoint"``).
         rtol, atol: tolerances of adaptive solvers, default 1e-3.
+        jit_dynamics: ODE kinds only: compile the dynamics with XLA
+            (``NeuralODE(jit_dynamics=True)``), default False.
         name: model name, default ``kind``.
 
     Returns:
@@ -102,7 +104,8 @@ def odenet_mnist(kind="odenet", *, input_shape=(28, 28, 1), num_classes=10, filt
     if kind not in KINDS:
         raise ValueError(f"Unknown `kind`. Valid kinds: {list(KINDS)}. Received: kind={kind!r}")
     _reject_foreign_options(kind, num_blocks=num_blocks, hidden_units=hidden_units,
-                            solver=solver, num_steps=num_steps, gradient=gradient)
+                            solver=solver, num_steps=num_steps, gradient=gradient,
+                            jit_dynamics=jit_dynamics)
     _check_int("num_classes", num_classes)
     _check_int("filters", filters)
     _check_int("groups", groups)
@@ -132,7 +135,8 @@ def odenet_mnist(kind="odenet", *, input_shape=(28, 28, 1), num_classes=10, filt
         if kind == "rknet" and solver is not None and num_steps is None:
             settings["num_steps"] = None if _is_adaptive(solver) else settings["num_steps"]
         x = NeuralODE(ODEBlockDynamics(filters, groups, name="ode_dynamics"), t0=0.0, t1=1.0,
-                      rtol=rtol, atol=atol, name="neural_ode", **settings)(x)
+                      rtol=rtol, atol=atol, jit_dynamics=bool(jit_dynamics), name="neural_ode",
+                      **settings)(x)
     outputs = _head(x, groups, num_classes)
     return keras.Model(inputs, outputs, name=name or kind)
 
@@ -143,7 +147,8 @@ def _is_adaptive(solver):
 
 def _reject_foreign_options(kind, **options):
     owners = {"num_blocks": ("resnet",), "hidden_units": ("mlp",), "solver": ("rknet", "odenet"),
-              "num_steps": ("rknet", "odenet"), "gradient": ("rknet", "odenet")}
+              "num_steps": ("rknet", "odenet"), "gradient": ("rknet", "odenet"),
+              "jit_dynamics": ("rknet", "odenet")}
     for option, value in options.items():
         if value is not None and kind not in owners[option]:
             raise ValueError(

@@ -69,6 +69,8 @@ def add_arguments(parser):
                         help="Adam learning rate (default 1e-3)")
     parser.add_argument("--rknet-steps", type=_positive_int, default=None,
                         help="RK4 steps of the RK-Net (default 4)")
+    parser.add_argument("--jit-dynamics", action="store_true",
+                        help="compile the RK-Net's and ODE-Net's dynamics with XLA")
     parser.add_argument("--data", default=None,
                         help="MNIST directory (IDX files or mnist.npz) or .npz file; default "
                              "$KERAS_IMPLICIT_DATA, else keras.datasets.mnist (download)")
@@ -113,6 +115,8 @@ def run_model(kind, data, args, meter):
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(args.seed)
     options = {"num_steps": args.rknet_steps} if kind == "rknet" and args.rknet_steps else {}
+    if kind in ("rknet", "odenet") and args.jit_dynamics:
+        options["jit_dynamics"] = True
     model = applications.odenet_mnist(kind, **options)
     params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     print(f"\n== {kind}: {params:,} parameters ({params / 1e6:.3f}M) ==", flush=True)

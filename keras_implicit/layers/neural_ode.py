@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_implicit.ops import gradients as gradients_lib
-from keras_implicit.ops.odeint import odeint
+from keras_implicit.ops.odeint import check_jit_dynamics, odeint
 from keras_implicit.layers.solver_stats import SolverStatsMixin
 from keras_implicit.solvers import registry
 
@@ -50,6 +50,10 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         return_sequences: return the state at every solution time,
             ``(batch, T, ...)``, instead of the state at ``t1``.
         max_num_steps: bound on the steps of one adaptive solve.
+        jit_dynamics: compile the dynamics (and the adjoint's vector-Jacobian
+            product) with XLA while the solver loop stays in TensorFlow: about
+            2x faster training steps for convolutional dynamics on CPU, at one
+            compilation per input shape (see ``ki.ops.odeint``).
         **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``...).
 
     Call arguments:
@@ -80,7 +84,7 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
 
     def __init__(self, dynamics, t0=0.0, t1=1.0, solver="dopri5", rtol=1e-3, atol=1e-3,
                  num_steps=None, gradient="adjoint", solution_times=None,
-                 return_sequences=False, max_num_steps=10_000, **kwargs):
+                 return_sequences=False, max_num_steps=10_000, jit_dynamics=False, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(dynamics, keras.layers.Layer):
             raise TypeError(
@@ -118,6 +122,8 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             raise ValueError(
                 f"`max_num_steps` must be an int >= 1. Received: max_num_steps={max_num_steps!r}")
         self.max_num_steps = int(max_num_steps)
+        check_jit_dynamics(jit_dynamics, self._solver)
+        self.jit_dynamics = jit_dynamics
         self._time_dependent = takes_time(dynamics)
         # TFP's solvers compile badly or not at all under XLA; ours compile.
         self.supports_jit = self._solver.differentiable
@@ -176,7 +182,8 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         result = odeint(
             self._dynamics_fn(), inputs, times, solver=self._solver, rtol=self.rtol,
             atol=self.atol, num_steps=self.num_steps, gradient=self._gradient,
-            max_num_steps=self.max_num_steps, on_backward=self._record_backward)
+            max_num_steps=self.max_num_steps, on_backward=self._record_backward,
+            jit_dynamics=self.jit_dynamics)
         stats = result.stats
         self._record_solver_stats({
             "nfe_forward": stats.forward_nfe,
@@ -212,6 +219,7 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             "solution_times": list(self.solution_times),
             "return_sequences": self.return_sequences,
             "max_num_steps": self.max_num_steps,
+            "jit_dynamics": self.jit_dynamics,
         }
 
     @classmethod

@@ -21,8 +21,13 @@ from keras_implicit.solvers import state as state_ops
 from keras_implicit.solvers.fixed_grid import steps_per_interval
 
 
+def maybe_jit(fn, jit):
+    """``fn`` compiled with XLA (a ``tf.function``) when ``jit``, else ``fn`` itself."""
+    return tf.function(fn, jit_compile=True, autograph=False) if jit else fn
+
+
 def solve_with_adjoint(flat_fn, y0, times, params, solver, options, adjoint, stats_box,
-                       on_backward=None, first_step=None):
+                       on_backward=None, first_step=None, jit_dynamics=False):
     """Solves forward with ``solver`` and defines the gradient by the adjoint.
 
     Args:
@@ -37,6 +42,8 @@ def solve_with_adjoint(flat_fn, y0, times, params, solver, options, adjoint, sta
             whose backward fields are set when the gradient is computed.
         on_backward: called with the ``ODEStats`` after the backward solve.
         first_step: first step of the forward solve (None: automatic).
+        jit_dynamics: compile the dynamics of the forward solve and the augmented
+            dynamics of the backward solve with XLA.
 
     Returns:
         The flat list of states at ``times``.
@@ -51,8 +58,8 @@ def solve_with_adjoint(flat_fn, y0, times, params, solver, options, adjoint, sta
     @tf.custom_gradient
     def forward(*inputs):
         ys, ps = list(inputs[:num_y]), list(inputs[num_y:])
-        states, stats = solver.solve(lambda t, y: flat_fn(t, y, ps), ys, times,
-                                     first_step=first_step, **options)
+        states, stats = solver.solve(maybe_jit(lambda t, y: flat_fn(t, y, ps), jit_dynamics),
+                                     ys, times, first_step=first_step, **options)
         states = ode_result.assert_success(stats, solver.name, "forward", states)
         stats_box[0] = ode_result.ODEStats(stats)
 
@@ -63,7 +70,8 @@ def solve_with_adjoint(flat_fn, y0, times, params, solver, options, adjoint, sta
             warm_start = stats.next_step_size if backward_solver is solver else None
             grads_y, grads_p, grads_v, backward_stats = _backward(
                 flat_fn, states, grad_states, times, ps, variables, backward_solver,
-                backward_options, adjoint.seminorm, num_y, warm_start, adjoint.normalize)
+                backward_options, adjoint.seminorm, num_y, warm_start, adjoint.normalize,
+                jit_dynamics)
             grads = ode_result.assert_success(
                 backward_stats, backward_solver.name, "backward (adjoint)",
                 grads_y + grads_p + grads_v)
@@ -93,7 +101,7 @@ def _cotangent_scale(a):
 
 
 def _backward(flat_fn, states, grad_states, times, params, variables, solver, options,
-              seminorm, num_y, first_step=None, normalize=False):
+              seminorm, num_y, first_step=None, normalize=False, jit=False):
     grad_states = [tf.zeros_like(s) if g is None else tf.convert_to_tensor(g)
                    for g, s in zip(grad_states, states)]
     num_p = len(params)
@@ -132,7 +140,7 @@ def _backward(flat_fn, states, grad_states, times, params, variables, solver, op
         if counts is not None:
             local["num_steps"] = counts[i - 1]
         tau = tf.stack([-times[i], -times[i - 1]])
-        out, st = solver.solve(augmented, aug0, tau, error_mask=error_mask,
+        out, st = solver.solve(maybe_jit(augmented, jit), aug0, tau, error_mask=error_mask,
                                first_step=first_step if solver.adaptive else None, **local)
         final = [x[-1] for x in out]
         if normalize:

@@ -143,6 +143,33 @@ def test_savedmodel_export_reloads_with_tf_and_tfsmlayer(tmp_path):
     np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+def test_jit_dynamics_trains_saves_and_exports_like_the_graph_dynamics(tmp_path, gradient):
+    x, y = data(dtype="float64")
+    models = [make_model(gradient=gradient, dtype="float64", jit_dynamics=jit)
+              for jit in (False, True)]
+    models[1].set_weights(models[0].get_weights())
+    for model in models:
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        model.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    # XLA fuses the dynamics' ops: float64 rounding differences only.
+    for a, b in zip(*(m.get_weights() for m in models)):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    jitted = models[1]
+    assert jitted.get_layer("ode").get_config()["jit_dynamics"] is True
+    path = str(tmp_path / "model.keras")
+    jitted.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert loaded.get_layer("ode").jit_dynamics is True
+    expected = jitted.predict(x, verbose=0)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+    jitted.export(str(tmp_path / "exported"), verbose=False)
+    restored = tf.saved_model.load(str(tmp_path / "exported"))
+    # As without XLA: the exported graph's adaptive solve differs from predict's
+    # (compiled by Keras) at the 1e-7 level in float64.
+    np.testing.assert_allclose(restored.serve(x).numpy(), expected, rtol=1e-5)
+
+
 def test_float64_model_trains_in_float64():
     x, y = data(dtype="float64")
     model = make_model(dtype="float64")
@@ -197,6 +224,8 @@ def test_solver_stats_are_recorded_per_call():
     ({"solution_times": [0.5, 0.2, 1.0]}, ValueError, r"solution_times=\[0.5, 0.2, 1.0\]"),
     ({"solution_times": [0.5, 0.8]}, ValueError, "must end at t1=1.0"),
     ({"t0": "0"}, TypeError, "t0='0'"),
+    ({"jit_dynamics": "yes"}, TypeError, "jit_dynamics='yes'"),
+    ({"jit_dynamics": True, "solver": "bdf"}, ValueError, "jit_dynamics=True, solver='bdf'"),
 ])
 def test_bad_arguments(kwargs, error, match):
     kwargs = {"dynamics": ki.layers.ConcatDense(3), **kwargs}

@@ -227,3 +227,27 @@ def test_adjoint_options_survive_their_config():
     assert restored.get_config() == adjoint.get_config()
     assert restored.normalize and not restored.seminorm
     assert ki.ops.gradients.serialize(ki.ops.Adjoint()) == "adjoint"
+
+
+@pytest.mark.parametrize("solver,kwargs", [("dopri5", {}), ("rk4", {"num_steps": 8})])
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
+def test_jit_dynamics_gives_the_same_states_and_gradients(solver, kwargs, gradient):
+    dense = keras.layers.Dense(4, activation="tanh", dtype="float64")
+    dense.build((None, 4))
+    y0 = tf.constant(np.random.RandomState(0).randn(3, 4))
+    scale = tf.constant(0.7, tf.float64)
+
+    def solve(jit):
+        with tf.GradientTape() as tape:
+            tape.watch([y0, scale])
+            result = ki.ops.odeint(lambda t, y, p: p * dense(y) * tf.cos(t), y0,
+                                   [0.0, 0.5, 1.0], params=scale, rtol=1e-8, atol=1e-8,
+                                   solver=solver, gradient=gradient, jit_dynamics=jit, **kwargs)
+            loss = tf.reduce_sum(result.states ** 2)
+        grads = tape.gradient(loss, [y0, scale] + dense.trainable_variables)
+        return [result.states] + grads, result.stats.forward_nfe
+
+    (plain, plain_nfe), (jitted, jit_nfe) = solve(False), tf.function(lambda: solve(True))()
+    assert int(plain_nfe) == int(jit_nfe)
+    for a, b in zip(plain, jitted):
+        np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-12)
