@@ -195,6 +195,7 @@ def run(args):
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "seed": args.seed,
+        "jit_dynamics": bool(args.jit_dynamics),
         "memory_method": meter.method,
         "memory_description": meter.description,
         "device": "GPU" if meter.method == "gpu" else f"CPU ({os.cpu_count()} cores)",

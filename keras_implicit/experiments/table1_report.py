@@ -38,11 +38,12 @@ def markdown(rows, settings):
             f"| {row['time_per_step_ms']:.0f} ms | {_show(row['nfe_forward'])} "
             f"| {_show(row['nfe_backward'])} | {paper['test_error']:.2f}% "
             f"| {paper['params_m']:.2f}M | {paper['memory']} |")
+    xla = "; ODE dynamics compiled by XLA" if settings.get("jit_dynamics") else ""
     notes = [
         "",
         f"Budget: {settings['train_size']} training images, {settings['epochs']} epoch(s), "
         f"batch {settings['batch_size']}, Adam lr {settings['learning_rate']}, seed "
-        f"{settings['seed']}; test error on {settings['test_size']} test images; "
+        f"{settings['seed']}{xla}; test error on {settings['test_size']} test images; "
         f"{settings['device']}, TensorFlow {settings['tensorflow']}; wall time "
         f"{settings['wall_seconds']:.0f} s.",
         f"Peak memory: {settings['memory_description']}; the largest over the training "

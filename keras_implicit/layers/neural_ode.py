@@ -125,8 +125,11 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         check_jit_dynamics(jit_dynamics, self._solver)
         self.jit_dynamics = jit_dynamics
         self._time_dependent = takes_time(dynamics)
-        # TFP's solvers compile badly or not at all under XLA; ours compile.
-        self.supports_jit = self._solver.differentiable
+        # Keras compiles the train step with XLA (jit_compile="auto", on GPUs) only
+        # where this holds. TFP's solvers compile badly or not at all; backprop through
+        # an adaptive solver's loop has no static bound, so XLA cannot record its tape.
+        self.supports_jit = self._solver.differentiable and not (
+            self._solver.adaptive and isinstance(self._gradient, gradients_lib.Backprop))
 
     def _check_solution_times(self, solution_times):
         if solution_times is None:

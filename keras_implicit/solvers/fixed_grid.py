@@ -74,12 +74,17 @@ class FixedGridRungeKutta(base.ODESolver):
                 t = t_start + tf.cast(k, times.dtype) * dt
                 return k + 1, self.step(fn, t, dt, y)
 
-            _, y = tf.while_loop(lambda k, _: k < n, step_body, (tf.constant(0), list(y)))
+            # No interval has more than num_steps steps; the static bounds let XLA
+            # size the tape of these loops (backprop under jit_compile=True).
+            _, y = tf.while_loop(lambda k, _: k < n, step_body, (tf.constant(0), list(y)),
+                                 maximum_iterations=num_steps)
             outputs = [ta.write(i + 1, v) for ta, v in zip(outputs, y)]
             return i + 1, y, outputs
 
+        num_intervals = tf.compat.dimension_value(times.shape[0])
         _, y, outputs = tf.while_loop(
-            lambda i, *_: i < num_times - 1, interval, (tf.constant(0), list(y0), outputs))
+            lambda i, *_: i < num_times - 1, interval, (tf.constant(0), list(y0), outputs),
+            maximum_iterations=None if num_intervals is None else num_intervals - 1)
         states = [ta.stack() for ta in outputs]
         for s, y_ in zip(states, y0):
             s.set_shape(tf.TensorShape([None]).concatenate(y_.shape))

@@ -111,3 +111,6 @@ def test_markdown_shows_dashes_without_solver():
     line = table1_report.markdown(rows, settings).split("\n")[2]
     assert line == ("| ResNet (backprop) | 1.00% | 0.577M | 12.5 MB | 30 ms | - | - | 0.41% "
                     "| 0.60M | O(L) |")
+    assert "compiled by XLA" not in table1_report.markdown(rows, settings)
+    settings["jit_dynamics"] = True
+    assert "seed 0; ODE dynamics compiled by XLA;" in table1_report.markdown(rows, settings)

@@ -135,6 +135,32 @@ def test_tf_function_and_xla_match_eager(solver, kwargs, jit_compile):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_backprop_through_a_fixed_grid_compiles_with_xla():
+    problem = LinearODE(dim=2)
+
+    def solve_and_grad(y0):
+        with tf.GradientTape() as tape:
+            tape.watch(y0)
+            states = ki.ops.odeint(problem.fn, y0, [0.0, 0.5, 2.0], solver="rk4", num_steps=8,
+                                   gradient="backprop").states
+            loss = tf.reduce_sum(states[-1] ** 2)
+        return states, tape.gradient(loss, y0)
+
+    eager = solve_and_grad(problem.y0)
+    compiled = tf.function(solve_and_grad, jit_compile=True)(problem.y0)
+    for a, b in zip(eager, compiled):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver,gradient,supported", [
+    ("dopri5", "adjoint", True), ("rk4", "backprop", True), ("dopri5", "backprop", False),
+    ("bdf", "adjoint", False)])
+def test_neural_ode_tells_keras_whether_xla_can_compile_it(solver, gradient, supported):
+    layer = ki.layers.NeuralODE(ki.layers.ConcatDense(2), solver=solver, gradient=gradient,
+                                num_steps=4 if solver == "rk4" else None)
+    assert layer.supports_jit is supported
+
+
 def test_times_as_dynamic_tensor_in_tf_function():
     problem = LinearODE(dim=2)
 
