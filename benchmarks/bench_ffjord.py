@@ -17,8 +17,6 @@ product), the exact trace about D times f. Evaluations are chained inside a
 that per-call dispatch is not counted; ``time_*`` report the whole chain.
 """
 
-import statistics
-import time
 
 from . import common
 
@@ -36,12 +34,9 @@ def chained_count(dimension, trace):
 
 
 def median_seconds(fn, repeats=REPEATS):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from keras_implicit.experiments import measure
+
+    return measure.median_seconds(fn, repeats)
 
 
 def make_log_prob_step(implementation, trace, batch=BATCH, hidden=HIDDEN, tolerance=TOLERANCE):

@@ -28,11 +28,9 @@ ratio. Not run by asv or pytest; it imports torch only in the
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 TOL = 1e-4
 MAX_ITER = 50
@@ -44,12 +42,9 @@ CASES = {
 
 
 def _median_time(step, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from keras_implicit.experiments import measure
+
+    return measure.median_seconds(step, repeats)
 
 
 def _tf_layer(case):

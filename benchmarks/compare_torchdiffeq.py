@@ -16,7 +16,6 @@ mode. Not run by asv or pytest.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,12 +25,9 @@ BATCHES = (64, 128)
 
 
 def _median_time(step, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from keras_implicit.experiments import measure
+
+    return measure.median_seconds(step, repeats)
 
 
 def run_tensorflow(batch, repeats, npz_path):
