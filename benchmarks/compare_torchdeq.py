@@ -28,9 +28,11 @@ ratio. Not run by asv or pytest; it imports torch only in the
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 TOL = 1e-4
 MAX_ITER = 50
@@ -42,12 +44,16 @@ CASES = {
 
 
 def _median_time(step, repeats):
-    from keras_implicit.experiments import measure
+    # Also runs in the torch interpreter, which has no keras_implicit to import.
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
-    return measure.median_seconds(step, repeats)
 
-
-def _tf_layer(case):
+def _tf_layer(case, jit_cell=False):
     import keras
     import numpy as np
 
@@ -67,7 +73,8 @@ def _tf_layer(case):
     else:
         cell = DEQConvCell(spec["hidden"], groups=spec["groups"])
         shape = (spec["batch"], spec["size"], spec["size"], spec["channels"])
-    layer = ki.layers.DEQ(cell, solver=solver, tol=TOL, max_iter=MAX_ITER, on_failure="ignore")
+    layer = ki.layers.DEQ(cell, solver=solver, tol=TOL, max_iter=MAX_ITER, on_failure="ignore",
+                          jit_cell=jit_cell)
     layer.build((None,) + shape[1:])
     if case == "dense":
         cell.recurrent_kernel.assign(bench_deq.recurrent_kernel(spec["dim"]))
@@ -93,10 +100,10 @@ def _tf_step(layer):
     return step
 
 
-def run_tensorflow(case, repeats, npz_path):
+def run_tensorflow(case, repeats, npz_path, jit_cell=False):
     import numpy as np
 
-    layer, x = _tf_layer(case)
+    layer, x = _tf_layer(case, jit_cell)
     weights = {w.path.replace("/", "__"): w.numpy() for w in layer.cell.weights}
     np.savez(npz_path, x=x, **weights)
     z = layer(x).numpy()
@@ -104,8 +111,8 @@ def run_tensorflow(case, repeats, npz_path):
     step(x)
     seconds = _median_time(lambda: step(x).numpy(), repeats)
     stats = {k: np.asarray(v).item() for k, v in layer.solver_stats().items()}
-    return {"impl": "keras_implicit", "case": case, "seconds": seconds,
-            "iterations_forward": stats["iterations_forward"],
+    return {"impl": "ki jit_cell" if jit_cell else "keras_implicit", "case": case,
+            "seconds": seconds, "iterations_forward": stats["iterations_forward"],
             "iterations_backward": stats["iterations_backward"],
             "output_checksum": float(np.abs(z).sum())}
 
@@ -211,6 +218,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases.split(","):
             npz_path = os.path.join(tmp, f"{case}.npz")
+            rows.append(run_tensorflow(case, args.repeats, npz_path, jit_cell=True))
             rows.append(run_tensorflow(case, args.repeats, npz_path))
             out = subprocess.run(
                 [args.torch_python, os.path.abspath(__file__), "--repeats", str(args.repeats),

@@ -8,6 +8,7 @@ from keras_implicit.layers import deq_cells  # noqa: F401  (registers the cells 
 from keras_implicit.layers.solver_stats import SolverStatsMixin
 from keras_implicit.ops.fixed_point import GRADIENTS, fixed_point
 from keras_implicit.ops.fixed_point_result import ON_FAILURE
+from keras_implicit.ops.jit import check_jit_flag
 from keras_implicit.solvers import fixed_point_base
 from keras_implicit.solvers import fixed_point_registry
 
@@ -51,6 +52,9 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
         on_failure: ``"warn"`` (default: eagerly a Python
             ``FixedPointWarning``, in graphs such as ``fit`` a line on stderr),
             ``"raise"`` or ``"ignore"``, when a solve ends without converging.
+        jit_cell: compile the cell with XLA for the forward iterations while
+            the solver loop stays in TensorFlow (faster for convolutional cells
+            on CPU; one compilation per input shape).
         **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``...).
 
     Call arguments:
@@ -82,7 +86,7 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
     def __init__(self, cell, solver="anderson", tol=1e-4, max_iter=50, backward_solver=None,
                  backward_tol=None, backward_max_iter=None, gradient="implicit",
                  jacobian_penalty=0.0, state_shape=None, stop_mode="rel", phantom_steps=1,
-                 damping=1.0, on_failure="warn", **kwargs):
+                 damping=1.0, on_failure="warn", jit_cell=False, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(cell, keras.layers.Layer):
             raise TypeError(
@@ -117,6 +121,8 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
                 f"`on_failure` must be one of {list(ON_FAILURE)}. "
                 f"Received: on_failure={on_failure!r}")
         self.on_failure = on_failure
+        check_jit_flag("jit_cell", jit_cell)
+        self.jit_cell = jit_cell
         # Failures are reported with tf.debugging.Assert / tf.print, which XLA
         # does not run: keep jit_compile="auto" off (an explicit jit_compile=True
         # trains, but then non-convergence shows only in the statistics).
@@ -174,16 +180,17 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
             backward_solver=self._backward_solver, backward_tol=self.backward_tol,
             backward_max_iter=self.backward_max_iter, gradient=self.gradient,
             phantom_steps=self.phantom_steps, damping=self.damping, jacobian_penalty=penalty,
-            on_failure=self.on_failure, on_backward=self._record_backward)
+            on_failure=self.on_failure, on_backward=self._record_backward,
+            jit_cell=self.jit_cell)
         stats = result.stats
         residual = stats.rel_residual if self.stop_mode == "rel" else stats.abs_residual
-        self._record_solver_stats({
-            "iterations_forward": stats.forward_iterations,
-            # Overwritten by the implicit backward solve when a gradient is taken.
-            "iterations_backward": self.phantom_steps if self.gradient == "phantom" else 0,
-            "residual": residual,
-            "converged": stats.converged,
-        })
+        values = {"iterations_forward": stats.forward_iterations, "residual": residual,
+                  "converged": stats.converged}
+        if self.gradient != "implicit":
+            # The implicit backward solve records its own count when a gradient is
+            # taken; inference keeps the last one.
+            values["iterations_backward"] = self.phantom_steps if self.gradient == "phantom" else 0
+        self._record_solver_stats(values)
         if penalty:
             self.add_loss(self.jacobian_penalty * result.jacobian_penalty)
         return result.z
@@ -212,6 +219,7 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
             "phantom_steps": self.phantom_steps,
             "damping": self.damping,
             "on_failure": self.on_failure,
+            "jit_cell": self.jit_cell,
         }
 
     @classmethod

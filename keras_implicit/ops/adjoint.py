@@ -16,14 +16,10 @@ solver step, whatever the number of steps.
 import tensorflow as tf
 
 from keras_implicit.ops import ode_result
+from keras_implicit.ops.jit import maybe_jit
 from keras_implicit.solvers import base
 from keras_implicit.solvers import state as state_ops
 from keras_implicit.solvers.fixed_grid import steps_per_interval
-
-
-def maybe_jit(fn, jit):
-    """``fn`` compiled with XLA (a ``tf.function``) when ``jit``, else ``fn`` itself."""
-    return tf.function(fn, jit_compile=True, autograph=False) if jit else fn
 
 
 def solve_with_adjoint(flat_fn, y0, times, params, solver, options, adjoint, stats_box,

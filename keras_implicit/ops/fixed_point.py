@@ -7,6 +7,7 @@ from keras_implicit.ops import fixed_point_result
 from keras_implicit.ops.fixed_point_result import FixedPointResult, FixedPointStats
 from keras_implicit.ops.implicit_gradient import no_recording, solve_with_implicit_gradient
 from keras_implicit.ops.jacobian_penalty import jacobian_frobenius_penalty
+from keras_implicit.ops.jit import check_jit_flag, maybe_jit
 from keras_implicit.solvers import fixed_point_base
 from keras_implicit.solvers import fixed_point_registry
 
@@ -17,7 +18,7 @@ GRADIENTS = ("implicit", "phantom", "unrolled")
 def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mode="rel",
                 backward_solver=None, backward_tol=None, backward_max_iter=None,
                 gradient="implicit", phantom_steps=1, damping=1.0, jacobian_penalty=False,
-                on_failure="warn", on_backward=None):
+                on_failure="warn", on_backward=None, jit_cell=False):
     """Finds the fixed point ``z* = fn(z*, x)`` of a batch, starting from ``z0``.
 
     Args:
@@ -55,6 +56,8 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
             in ``stats`` in every case.
         on_backward: called with the ``FixedPointStats`` once the implicit
             backward solve has run (e.g. to record its iterations).
+        jit_cell: compile ``fn`` with XLA for the forward iterations, while the
+            solver loop stays in TensorFlow (one compilation per input shape).
 
     Returns:
         A ``FixedPointResult``: ``z`` (``z0``'s shape), ``stats``
@@ -97,6 +100,7 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
                          f"Received: on_failure={on_failure!r}")
     if not callable(fn):
         raise TypeError(f"`fn` must be callable as fn(z, x). Received: fn={fn!r}")
+    check_jit_flag("jit_cell", jit_cell)
 
     z0 = tf.convert_to_tensor(z0)
     if not z0.dtype.is_floating:
@@ -139,13 +143,13 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
         stats_box = [None]
         z_rows = solve_with_implicit_gradient(flat_fn, rows, xs, solver, options,
                                               backward_solver, backward_options, on_failure,
-                                              stats_box, on_backward)
+                                              stats_box, on_backward, jit_cell)
         stats = stats_box[0]
     elif gradient == "phantom":
         constants = [tf.stop_gradient(t) for t in xs]
         with no_recording():
-            z_rows, solve_stats = solver.solve(lambda z: flat_fn(z, constants),
-                                               tf.stop_gradient(rows), **options)
+            cell = maybe_jit(lambda z: flat_fn(z, constants), jit_cell)
+            z_rows, solve_stats = solver.solve(cell, tf.stop_gradient(rows), **options)
         [z_rows] = fixed_point_result.report(solve_stats, solver.name, "forward", tol,
                                              on_failure, [tf.stop_gradient(z_rows)])
         for _ in range(phantom_steps):
@@ -155,7 +159,8 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
         stats.backward_iterations = tf.constant(phantom_steps, tf.int32)
         stats.backward_status = tf.constant(fixed_point_base.SUCCESS, tf.int32)
     else:
-        z_rows, solve_stats = solver.solve(lambda z: flat_fn(z, xs), rows, **options)
+        z_rows, solve_stats = solver.solve(maybe_jit(lambda z: flat_fn(z, xs), jit_cell), rows,
+                                           **options)
         [z_rows] = fixed_point_result.report(solve_stats, solver.name, "forward", tol,
                                              on_failure, [z_rows])
         stats = FixedPointStats(solve_stats)

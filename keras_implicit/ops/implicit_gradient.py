@@ -17,6 +17,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record
 
 from keras_implicit.ops import fixed_point_result
+from keras_implicit.ops.jit import maybe_jit
 
 
 def no_recording():
@@ -25,7 +26,8 @@ def no_recording():
 
 
 def solve_with_implicit_gradient(flat_fn, z0, xs, solver, options, backward_solver,
-                                 backward_options, on_failure, stats_box, on_backward=None):
+                                 backward_options, on_failure, stats_box, on_backward=None,
+                                 jit_cell=False):
     """Solves ``z = flat_fn(z, xs)`` and defines its gradient by the IFT.
 
     Args:
@@ -39,6 +41,7 @@ def solve_with_implicit_gradient(flat_fn, z0, xs, solver, options, backward_solv
         stats_box: a one-element list; receives the ``FixedPointStats``, whose
             backward fields are set when the gradient is computed.
         on_backward: called with the ``FixedPointStats`` after the backward solve.
+        jit_cell: compile ``flat_fn`` of the forward solve with XLA.
 
     Returns:
         ``z*``, ``(batch, dim)``.
@@ -49,7 +52,8 @@ def solve_with_implicit_gradient(flat_fn, z0, xs, solver, options, backward_solv
     def forward(z_init, *inputs):
         inputs = list(inputs)
         with no_recording():
-            z_star, stats = solver.solve(lambda z: flat_fn(z, inputs), z_init, **options)
+            z_star, stats = solver.solve(maybe_jit(lambda z: flat_fn(z, inputs), jit_cell),
+                                         z_init, **options)
         [z_star] = fixed_point_result.report(stats, solver.name, "forward", options["tol"],
                                              on_failure, [z_star])
         stats_box[0] = fixed_point_result.FixedPointStats(stats)

@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from keras_implicit.ops import gradients as gradients_lib
 from keras_implicit.ops import ode_result
-from keras_implicit.ops.adjoint import maybe_jit, solve_with_adjoint
+from keras_implicit.ops.adjoint import solve_with_adjoint
+from keras_implicit.ops.jit import check_jit_flag, maybe_jit
 from keras_implicit.solvers import registry
 
 
@@ -120,8 +121,7 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
 
 def check_jit_dynamics(jit_dynamics, solver):
     """Raises on a non-bool ``jit_dynamics`` or on ``True`` with a TFP solver."""
-    if not isinstance(jit_dynamics, bool):
-        raise TypeError(f"`jit_dynamics` must be a bool. Received: jit_dynamics={jit_dynamics!r}")
+    check_jit_flag("jit_dynamics", jit_dynamics)
     if jit_dynamics and not solver.differentiable:
         # TFP's BDF differentiates the dynamics itself (its Newton Jacobian), which
         # re-enters the compiled function per column: minutes instead of seconds.

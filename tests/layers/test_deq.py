@@ -48,6 +48,8 @@ def test_sequential_and_functional_fit_evaluate_predict_with_solver_stats():
     assert model.predict(x, verbose=0).shape == (32, 1)
     assert model.evaluate(x, y, verbose=0) < before
     deq = model.get_layer("deq")
+    # Inference runs no backward solve, so it keeps the last gradient's count.
+    assert int(deq.solver_stats()["iterations_backward"]) > 1
     assert deq.compute_output_shape((None, 4)) == (None, 6)
     # Functional, the state with the input's shape (no state_shape).
     inputs = keras.Input((4,))
@@ -100,7 +102,7 @@ def test_config_round_trip_and_keras_file(tmp_path):
     x, _ = data()
     model = dense_model(solver={"name": "anderson", "memory": 3}, backward_solver="picard",
                         tol=1e-6, backward_tol=1e-7, backward_max_iter=80, stop_mode="abs",
-                        jacobian_penalty=0.5, on_failure="ignore")
+                        jacobian_penalty=0.5, on_failure="ignore", jit_cell=True)
     deq = model.get_layer("deq")
     config = deq.get_config()
     clone = ki.layers.DEQ.from_config(config)
@@ -108,6 +110,7 @@ def test_config_round_trip_and_keras_file(tmp_path):
     assert config["solver"] == {"name": "anderson", "memory": 3, "regularization": 1e-4,
                                 "damping": 1.0}
     assert config["backward_solver"] == "picard" and config["state_shape"] == [6]
+    assert config["jit_cell"] is True
     expected = model.predict(x, verbose=0)
     path = os.path.join(tmp_path, "deq.keras")
     model.save(path)
@@ -185,6 +188,8 @@ def test_bad_arguments():
     ]:
         with pytest.raises(ValueError, match=message):
             ki.layers.DEQ(cell, **kwargs)
+    with pytest.raises(TypeError, match="Received: jit_cell='yes'"):
+        ki.layers.DEQ(cell, jit_cell="yes")
     with pytest.raises(TypeError, match="`cell` must be a Keras layer"):
         ki.layers.DEQ(lambda z, x: z)
     with pytest.raises(ValueError, match=r"must return the next z with z's shape \(None, 3\)"):

@@ -144,6 +144,17 @@ def test_tanh_cell_implicit_gradient_matches_unrolled_and_finite_differences():
         assert abs(numeric(variable, index) - grad.numpy()[index]) < 1e-7, index
 
 
+@pytest.mark.parametrize("gradient", ["implicit", "phantom", "unrolled"])
+def test_jit_cell_gives_the_same_gradients(gradient):
+    problem = Tanh()
+    plain = problem.gradients(gradient=gradient)
+    jitted = tf.function(lambda: problem.gradients(gradient=gradient, jit_cell=True))()
+    for a, b in zip(plain, jitted):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-12)
+    with pytest.raises(TypeError, match="Received: jit_cell=1"):
+        problem.gradients(jit_cell=1)
+
+
 def test_z0_gets_zero_gradient_and_nested_inputs_get_theirs():
     problem = Linear()
     half = problem.x_np.shape[1] // 2

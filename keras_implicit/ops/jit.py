@@ -1,0 +1,19 @@
+"""Compiling a solver's right-hand side with XLA while the solver loop stays in TensorFlow.
+
+XLA fuses the many small ops of a typical Keras dynamics or cell (a GroupNorm
+is seven of them) into a few kernels; the solver loop itself, with its
+data-dependent step count, stays in TensorFlow's graph, where it runs well.
+"""
+
+import tensorflow as tf
+
+
+def maybe_jit(fn, jit):
+    """``fn`` compiled with XLA (a ``tf.function``) when ``jit``, else ``fn`` itself."""
+    return tf.function(fn, jit_compile=True, autograph=False) if jit else fn
+
+
+def check_jit_flag(name, value):
+    """Raises a ``TypeError`` naming ``name`` unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
