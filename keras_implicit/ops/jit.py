@@ -1,8 +1,9 @@
 """Compiling a solver's right-hand side with XLA while the solver loop stays in TensorFlow.
 
-XLA fuses the many small ops of a typical Keras dynamics or cell (a GroupNorm
-is seven of them) into a few kernels; the solver loop itself, with its
-data-dependent step count, stays in TensorFlow's graph, where it runs well.
+XLA fuses the many small ops of a typical Keras dynamics or cell (GroupNorm,
+concatenations, activations) into a few kernels; the solver loop itself, with its
+data-dependent step count, stays in TensorFlow's graph (compiled whole, the ODE
+block's training step is 4.7x slower on CPU; see the README).
 """
 
 import tensorflow as tf
