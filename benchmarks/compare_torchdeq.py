@@ -82,32 +82,16 @@ def _tf_layer(case, jit_cell=False):
     return layer, x
 
 
-def _tf_step(layer):
-    import keras
-    import tensorflow as tf
-
-    optimizer = keras.optimizers.SGD(0.01)
-    optimizer.build(layer.trainable_variables)
-
-    @tf.function
-    def step(x):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(layer(x, training=True)))
-        grads = tape.gradient(loss, layer.trainable_variables)
-        optimizer.apply_gradients(zip(grads, layer.trainable_variables))
-        return loss
-
-    return step
-
-
 def run_tensorflow(case, repeats, npz_path, jit_cell=False):
     import numpy as np
 
     layer, x = _tf_layer(case, jit_cell)
+    import bench_deq  # importable once _tf_layer has put benchmarks/ on sys.path
+
     weights = {w.path.replace("/", "__"): w.numpy() for w in layer.cell.weights}
     np.savez(npz_path, x=x, **weights)
     z = layer(x).numpy()
-    step = _tf_step(layer)
+    step = bench_deq.make_train_step(layer)
     step(x)
     seconds = _median_time(lambda: step(x).numpy(), repeats)
     stats = {k: np.asarray(v).item() for k, v in layer.solver_stats().items()}
