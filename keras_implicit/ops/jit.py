@@ -8,6 +8,8 @@ block's training step is 4.7x slower on CPU; see the README).
 
 import tensorflow as tf
 
+from keras_implicit import validation
+
 
 def maybe_jit(fn, jit):
     """``fn`` compiled with XLA (a ``tf.function``) when ``jit``, else ``fn`` itself."""
@@ -15,6 +17,25 @@ def maybe_jit(fn, jit):
 
 
 def check_jit_flag(name, value):
-    """Raises a ``TypeError`` naming ``name`` unless ``value`` is a bool."""
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
+    """``value`` if it is a bool, else a ``TypeError`` naming ``name``."""
+    return validation.check_bool(name, value)
+
+
+def check_jit_dynamics(jit_dynamics, solver):
+    """Validates ``jit_dynamics`` for ``solver`` (TFP's solvers refuse ``True``)."""
+    jit_dynamics = check_jit_flag("jit_dynamics", jit_dynamics)
+    if jit_dynamics and not solver.differentiable:
+        # TFP's BDF differentiates the dynamics itself (its Newton Jacobian), which
+        # re-enters the compiled function per column: minutes instead of seconds.
+        raise ValueError(
+            f"`jit_dynamics=True` works with the solvers 'dopri5', 'bosh3', 'rk4', "
+            f"'midpoint' and 'euler', not with TFP's. Received: jit_dynamics=True, "
+            f"solver={solver.name!r}")
+    return jit_dynamics
+
+
+def ode_wrappers(jit_dynamics):
+    """``(dynamics_wrapper, step_fn_wrapper, compiled)`` for ``odeint``'s compile option."""
+    if jit_dynamics:
+        return (lambda fn: maybe_jit(fn, True)), None, "dynamics"
+    return None, None, "none"
