@@ -100,6 +100,8 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
     # The solver runs in the control dtype (float32 for half precision); fn in the state's.
     solve_dtype = state_ops.control_dtype(dtype)
     times, direction = _prepare_times(times, solve_dtype)
+    if not options.solver.adaptive:
+        _check_grid(times, options.num_steps, solve_dtype)
     jumps = _jump_times(options.step_control, times, solve_dtype)
     flat_params = ([tf.convert_to_tensor(p) for p in tf.nest.flatten(params)]
                    if params is not None else [])
@@ -158,6 +160,24 @@ def _evaluator(result, y0, dtype, sign):
         return tf.nest.pack_sequence_as(y0, [tf.cast(v, dtype) for v in values])
 
     return evaluate
+
+
+def _check_grid(times, num_steps, dtype):
+    """Refuses a fixed grid whose steps cannot move ``t`` in the time dtype (static times)."""
+    static = tf.get_static_value(times)
+    if static is None or num_steps is None:
+        return
+    static = np.asarray(static, np.float64)
+    lengths = np.abs(np.diff(static))
+    counts = np.maximum(np.ceil(lengths / lengths.sum() * num_steps - 1e-4), 1)
+    sizes = lengths / counts
+    numpy_dtype = tf.as_dtype(dtype).as_numpy_dtype
+    start = np.maximum(np.abs(static[:-1]), np.abs(static[1:])).astype(numpy_dtype)
+    if np.any(start + sizes.astype(numpy_dtype) <= start):
+        raise ValueError(
+            f"`num_steps`={num_steps} gives steps of {sizes.min():.3g}, too small to advance "
+            f"the time in {tf.as_dtype(dtype).name} (times of this solve: {static.tolist()}). "
+            f"Use fewer steps or a float64 state. Received: num_steps={num_steps}")
 
 
 def _jump_times(step_control, times, dtype):

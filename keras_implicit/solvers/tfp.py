@@ -12,11 +12,15 @@ options are checked when the solver is built, and a solve stops soon after
 the dynamics turn NaN or Inf. TFP's loops do not stop on a non-finite state
 (they shrink the step until ``max_num_steps``), so the dynamics are guarded:
 where they (or their Jacobian) are not finite they return 0, which freezes
-the state, and a *failure clock* appended to the state integrates a small
-constant rate meanwhile. A clock above 0 at the end reports ``NON_FINITE``,
-at the time the clock says the failure began; the frozen state lets TFP's
-steps grow to the end within a few steps. The clock enters TFP's error norm
-with a zero error; Dormand–Prince's RMS norm then counts one more element.
+the state, and a *failure clock* appended to the state integrates the rate 1
+meanwhile. The clock is error-controlled like the state: a trial step that
+straddles the onset has a large clock error and is rejected, so TFP's step
+control locates the onset within a few steps (a trial step that only
+overshoots into a region where the dynamics fail is rejected too, as with
+our solvers); once the state is frozen the clock grows exactly and the steps
+grow to the end. A clock above 0 at the end reports ``NON_FINITE`` at
+``t1 - clock``. While nothing fails the clock has zero error;
+Dormand–Prince's RMS norm then counts one more element.
 """
 
 import tensorflow as tf
@@ -127,12 +131,10 @@ class TFPSolver(base.ODESolver):
                                                atol)
         nfe += extra
         finite = state_ops.all_finite(f0) & state_ops.all_finite(y0)
-        # Rate of the failure clock: its error stays at a tenth of atol over the span.
-        rate = tf.cast(0.1 * atol, dtype) / tf.maximum(t_end - t0, tf.constant(1e-30, dtype))
         num_y = len(y0)
 
         def guarded(t, state):
-            return _guarded_dynamics(fn, t, list(state[:num_y]), rate)
+            return _guarded_dynamics(fn, t, list(state[:num_y]))
 
         def run():
             solver_cls = _METHODS[self.method][0]
@@ -142,7 +144,7 @@ class TFPSolver(base.ODESolver):
             results = solver.solve(guarded, t0, list(y0) + [clock], solution_times=times)
             diag = results.diagnostics
             states = list(results.states)
-            failed_for = tf.cast(states[-1][-1], dtype) / rate
+            failed_for = tf.cast(states[-1][-1], dtype)
             status = tf.where(diag.status < 0, Status.FAILED,
                               tf.where(failed_for > 0, Status.NON_FINITE, Status.SUCCESS))
             reached = tf.where(failed_for > 0, t_end - failed_for, t_end)
@@ -170,8 +172,8 @@ class TFPSolver(base.ODESolver):
         return base.SolveResult(states, stats, None, None)
 
 
-def _guarded_dynamics(fn, t, y, rate):
-    """``fn(t, y)`` and the failure clock's rate; 0 (and ``rate``) where not finite.
+def _guarded_dynamics(fn, t, y):
+    """``fn(t, y)`` and the failure clock's rate; 0 (and 1) where not finite.
 
     The vector-Jacobian product is guarded the same way, so BDF's Newton
     iterations see a finite (zero) Jacobian where the dynamics fail.
@@ -184,7 +186,7 @@ def _guarded_dynamics(fn, t, y, rate):
             f = [tf.convert_to_tensor(v) for v in fn(t, list(y))]
         ok = state_ops.all_finite(f) & state_ops.all_finite(y)
         out = [tf.where(ok, v, tf.zeros_like(v)) for v in f]
-        clock_rate = tf.where(ok, tf.zeros([], y[0].dtype), tf.cast(rate, y[0].dtype))
+        clock_rate = tf.where(ok, tf.zeros([], y[0].dtype), tf.ones([], y[0].dtype))
 
         def grad(*upstream, variables=None):
             # TFP differentiates the dynamics only for BDF's Jacobian, with respect to
