@@ -229,8 +229,9 @@ def test_neural_ode_events_sequences_and_stats():
             return tf.stack([state[:, 1], -GRAVITY * tf.ones_like(state[:, 0])], axis=1)
 
     layer = ki.layers.NeuralODE(Fall(dtype="float64"), t1=2.0, solution_times=[0.2, 1.0, 2.0],
-                                return_sequences=True, rtol=1e-10, atol=1e-10, event=Height(dtype="float64"),
-                                return_events=True, dtype="float64")
+                                return_sequences=True, rtol=1e-10, atol=1e-10,
+                                event=Height(dtype="float64"), return_events=True,
+                                dtype="float64")
     heights = np.array([1.0, 30.0])  # the second lands after t1 = 2
     states, times, fired = layer(np.stack([heights, np.zeros(2)], axis=1))
     exact = np.sqrt(2 * heights / GRAVITY)

@@ -66,7 +66,7 @@ def test_every_sample_meets_the_tolerance():
     tol = 1e-8
     for name in SOLVERS:
         z, stats = fixed_point_base.get(name).solve(fn, tf.zeros_like(x), tol=tol,
-                                                        max_iter=300, stop_mode="abs")
+                                                    max_iter=300, stop_mode="abs")
         per_sample = np.linalg.norm((fn(z) - z).numpy(), axis=1)
         assert np.all(per_sample <= 2 * tol), (name, per_sample)
         np.testing.assert_array_equal(z.numpy()[0], 0.0)

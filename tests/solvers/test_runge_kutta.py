@@ -25,7 +25,8 @@ def test_embedded_and_dense_output_orders():
 
 
 def test_a_wrong_coefficient_is_caught():
-    with pytest.raises(ValueError, match="claims order 4 but satisfies the order conditions only up to order"):
+    with pytest.raises(ValueError, match="claims order 4 but satisfies the order conditions "
+                                         "only up to order"):
         runge_kutta.ButcherTableau("bad_rk4", c=[0, 0.5, 0.5, 1],
                                    a=[[], [0.5], [0, 0.5], [0, 0, 1]],
                                    b=[1 / 6, 1 / 3, 1 / 3, 1 / 5], order=4)
