@@ -242,8 +242,10 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             loss, nll, regs, nfe, backward = self._loss(x)
+            # Replicas' gradients are summed: each contributes its share of the mean.
+            share = loss / tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
-        gradients = tape.gradient(loss, variables)
+        gradients = tape.gradient(share, variables)
         self.optimizer.apply(gradients, variables)
         nfe_backward = tf.add_n(backward) if backward else tf.constant(0, tf.int32)
         return self._update_metrics(loss, nll, regs, nfe, nfe_backward)
