@@ -11,7 +11,7 @@ from keras_implicit.ops import fixed_point_gradients
 from keras_implicit.ops import implicit_gradient  # noqa: F401  (registers "implicit")
 from keras_implicit.ops.fixed_point_gradients import FixedPointProblem
 from keras_implicit.ops.jacobian_penalty import jacobian_frobenius_penalty
-from keras_implicit.ops.jit import check_jit_flag, maybe_jit
+from keras_implicit.ops.jit import check_jit, maybe_jit
 from keras_implicit.solvers import fixed_point_base
 from keras_implicit.solvers import state as state_ops
 
@@ -32,7 +32,7 @@ class FixedPointOptions:
             tol, max_iter, stop_mode)
         self.gradient = fixed_point_gradients.get(gradient)
         self.on_failure = failure.check_on_failure(on_failure)
-        self.jit_cell = check_jit_flag("jit_cell", jit_cell)
+        self.jit_cell = check_jit("jit_cell", jit_cell)
 
     def resolvable_tol(self, dtype):
         """``tol``, floored (with one warning) to what a half-precision map resolves
@@ -167,8 +167,8 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
         fn=flat_fn, z0=tf.cast(rows, solve_dtype), xs=xs, solver=options.solver,
         tol=options.resolvable_tol(dtype), max_iter=options.max_iter,
         stop_mode=options.stop_mode, on_failure=options.on_failure, on_backward=on_backward,
-        cell_wrapper=(lambda cell: maybe_jit(cell, True)) if options.jit_cell else None,
-        compiled="cell" if options.jit_cell else "none")
+        cell_wrapper=(lambda cell: maybe_jit(cell, True)) if options.jit_cell is True else None,
+        compiled="cell" if options.jit_cell is True else "none")
     z_rows, stats = options.gradient.solve(problem)
     z = tf.reshape(tf.cast(z_rows, dtype), z_dynamic_shape)
     if z_shape.rank is not None:
