@@ -3,12 +3,12 @@
 ``EventTracker`` runs inside an adaptive solver's loop. After each accepted
 step it evaluates ``g = event_fn(t_new, y_new)`` (shape ``(batch,)``); where
 ``g`` changed sign (or reached 0) since the last accepted step, the root is
-located on the step's interpolating polynomial by bisection in ``theta`` to
-the last bit of the time dtype, not by shortening steps. A sample whose event
-fired is frozen at its event state (its dynamics are masked to 0); the solve
-ends when every sample has fired, or at the end time. ``event_fn`` is called
-with ``t`` of shape ``(batch,)`` during root finding, so it must broadcast
-``t`` against the state (``t - y[:, 0]`` does; a scalar ``t`` is passed
+located on the step's interpolating polynomial in ``theta`` (false position,
+safeguarded by bisection) to the time dtype's epsilon, not by shortening
+steps. A sample whose event fired is frozen at its event state (its dynamics
+are masked to 0); the solve ends when every sample has fired, or at the end
+time. ``event_fn`` is called with ``t`` of shape ``(batch,)`` during root
+finding, so it must broadcast ``t`` against the state (``t - y[:, 0]`` does; a scalar ``t`` is passed
 otherwise).
 
 Gradients through the event time under backpropagation (the implicit function
@@ -67,7 +67,6 @@ class EventTracker:
     def __init__(self, event_fn, dtype):
         self.event_fn = event_fn
         self.dtype = dtype
-        self.iterations = int(state_ops.finfo(dtype).nmant) + 2
 
     def evaluate(self, t, y):
         g = tf.convert_to_tensor(self.event_fn(t, y))
@@ -147,21 +146,55 @@ class EventTracker:
         return self.evaluate(t + theta * h, _polynomials_at(coefficients, theta))
 
     def _bisect(self, g_start, t, h, coefficients, crossing):
-        """``theta`` in (0, 1] of each crossing sample's sign change, to the last bit."""
+        """``theta`` in (0, 1] of each crossing sample's sign change, to ``eps`` in theta.
+
+        The Illinois variant of false position (superlinear on a smooth ``g``:
+        about 6-10 evaluations of the step polynomial instead of bisection's 54
+        in float64), with every third iteration a bisection, so that the bracket
+        at least halves every three iterations whatever ``g`` does. Stops per
+        sample when the bracket is narrower than ``eps`` or ``g`` is exactly 0;
+        the returned ``theta`` is the bracket's upper end, where the sign has
+        changed.
+        """
+        eps = tf.constant(float(state_ops.finfo(self.dtype).eps), self.dtype)
         lower = tf.zeros_like(g_start)
         upper = tf.ones_like(g_start)
-        g_lower = g_start
+        g_upper = tf.stop_gradient(self._g_at(upper, t, h, coefficients))
+        last_side = tf.zeros_like(g_start)  # +1: the upper end moved last, -1: the lower
 
-        def body(k, lower, upper, g_lower):
+        def done(lower, upper):
+            return ~crossing | (upper - lower <= eps)
+
+        def body(k, lower, upper, g_lower, g_upper, last_side):
+            finished = done(lower, upper)
+            denominator = g_upper - g_lower
+            secant = upper - g_upper * (upper - lower) / tf.where(
+                tf.equal(denominator, 0.0), tf.ones_like(denominator), denominator)
             middle = 0.5 * (lower + upper)
-            g_middle = tf.stop_gradient(self._g_at(middle, t, h, coefficients))
-            same = tf.not_equal(g_middle, 0.0) & (tf.sign(g_middle) == tf.sign(g_lower))
-            return (k + 1, tf.where(same, middle, lower), tf.where(same, upper, middle),
-                    tf.where(same, g_middle, g_lower))
+            inside = (secant > lower) & (secant < upper) & tf.math.is_finite(secant)
+            trial = tf.where(inside & tf.not_equal(k % 3, 2), secant, middle)
+            g_trial = tf.stop_gradient(self._g_at(trial, t, h, coefficients))
+            zero = tf.equal(g_trial, 0.0)
+            # The root lies between trial and upper when g(trial) has g(lower)'s sign.
+            same = ~zero & (tf.sign(g_trial) == tf.sign(g_lower))
+            new_lower = tf.where(same | zero, trial, lower)
+            new_upper = tf.where(same, upper, trial)
+            new_g_lower = tf.where(same, g_trial, g_lower)
+            new_g_upper = tf.where(same, g_upper, g_trial)
+            # Illinois: an end kept twice in a row has its g halved, so the next secant
+            # moves it too.
+            side = tf.where(same, -tf.ones_like(last_side), tf.ones_like(last_side))
+            new_g_upper = tf.where(same & (last_side < 0), 0.5 * new_g_upper, new_g_upper)
+            new_g_lower = tf.where(~same & (last_side > 0), 0.5 * new_g_lower, new_g_lower)
+            return (k + 1,) + tuple(tf.where(finished, old, new) for old, new in (
+                (lower, new_lower), (upper, new_upper), (g_lower, new_g_lower),
+                (g_upper, new_g_upper), (last_side, side)))
 
-        _, _, upper, _ = tf.while_loop(
-            lambda k, *_: k < self.iterations, body,
-            (tf.constant(0), lower, upper, g_lower), maximum_iterations=self.iterations)
+        limit = 3 * (int(state_ops.finfo(self.dtype).nmant) + 2)
+        _, _, upper, _, _, _ = tf.while_loop(
+            lambda k, lower, upper, *_: (k < limit) & ~tf.reduce_all(done(lower, upper)), body,
+            (tf.constant(0), lower, upper, g_start, g_upper, last_side),
+            maximum_iterations=limit)
         return tf.stop_gradient(tf.where(crossing, upper, tf.ones_like(upper)))
 
     def _differentiable_event(self, theta, t, h, coefficients):

@@ -133,8 +133,24 @@ class TFPSolver(base.ODESolver):
         finite = state_ops.all_finite(f0) & state_ops.all_finite(y0)
         num_y = len(y0)
 
+        if self.method == "bdf":
+            unknown = [y.shape for y in y0 if not y.shape.is_fully_defined()]
+            if unknown:
+                # TFP's Newton iteration squeezes a vector of unknown length to an
+                # unknown rank, and its while loop then rejects the changed shape.
+                raise ValueError(
+                    "TFP's 'bdf' solver needs a state of static shape, so a model using "
+                    "it cannot be traced for an unknown batch size (as SavedModel export "
+                    "does); use 'dopri5' or 'tfp_dopri5' there. Received: state shape "
+                    f"{unknown[0]}")
+            guard = _guarded_dynamics
+        else:
+            # Dormand-Prince never differentiates the dynamics inside its loop, and a
+            # custom gradient there breaks loading an exported SavedModel.
+            guard = _masked_dynamics
+
         def guarded(t, state):
-            return _guarded_dynamics(fn, t, list(state[:num_y]))
+            return guard(fn, t, list(state[:num_y]))
 
         def run():
             solver_cls = _METHODS[self.method][0]
@@ -170,6 +186,14 @@ class TFPSolver(base.ODESolver):
         stats = base.SolveStats(nfe + tfp_nfe, unknown, unknown, status, reached,
                                 tf.zeros([], dtype))
         return base.SolveResult(states, stats, None, None)
+
+
+def _masked_dynamics(fn, t, y):
+    """``fn(t, y)`` and the failure clock's rate; 0 (and 1) where not finite."""
+    f = [tf.convert_to_tensor(v) for v in fn(t, list(y))]
+    ok = state_ops.all_finite(f) & state_ops.all_finite(y)
+    out = [tf.where(ok, v, tf.zeros_like(v)) for v in f]
+    return out + [tf.where(ok, tf.zeros([], y[0].dtype), tf.ones([], y[0].dtype))]
 
 
 def _guarded_dynamics(fn, t, y):
