@@ -8,8 +8,8 @@ safeguarded by bisection) to the time dtype's epsilon, not by shortening
 steps. A sample whose event fired is frozen at its event state (its dynamics
 are masked to 0); the solve ends when every sample has fired, or at the end
 time. ``event_fn`` is called with ``t`` of shape ``(batch,)`` during root
-finding, so it must broadcast ``t`` against the state (``t - y[:, 0]`` does; a scalar ``t`` is passed
-otherwise).
+finding, so it must broadcast ``t`` against the state (``t - y[:, 0]`` does;
+a scalar ``t`` is passed otherwise).
 
 Gradients through the event time under backpropagation (the implicit function
 theorem, ``dt*/dθ = -(dg/dθ at fixed t) / (dg/dt)``) come from a zero-valued
