@@ -12,7 +12,14 @@ it once; only warm calls are timed.
   ``tol = 1e-5`` (relative) per solver.
 - ``ForwardBackwardTime``: ``time_forward`` (the solve alone) and
   ``time_forward_backward`` (solve + implicit backward solve + VJPs); the
-  backward time is their difference.
+  backward time is their difference; per solver and ``jit_cell`` (``"auto"``
+  compiles both solves of this dense cell whole; ``False`` nothing), so that a
+  regression of either path shows.
+- ``ConvCellTrainingStep``: a training step of the MNIST DEQ's conv cell
+  (``DEQConvCell``, state 14x14x32, hidden 64, Anderson 1e-3, ``max_iter``
+  30, batch 64) per ``jit_cell`` (``"auto"`` leaves it in TensorFlow's graph,
+  ``True`` compiles the cell); ``compare_torchdeq.py`` times the same step
+  against torchdeq.
 - ``TrainingStepMemory``: host peak memory of a training step (forward,
   gradient, SGD update) that runs exactly ``max_iter`` iterations (tol 1e-30
   is never met), for ``gradient="implicit"`` (flat in ``max_iter``) and
@@ -87,17 +94,19 @@ def make_steps(layer):
     return forward, forward_backward
 
 
-def make_train_step(layer):
+def make_train_step(layer, loss_fn=None, learning_rate=0.01):
+    """A compiled SGD step; the loss is ``loss_fn(z*)``, by default the mean of squares."""
     import keras
     import tensorflow as tf
 
-    optimizer = keras.optimizers.SGD(0.01)
+    loss_fn = loss_fn or (lambda z: tf.reduce_mean(tf.square(z)))
+    optimizer = keras.optimizers.SGD(learning_rate)
     optimizer.build(layer.trainable_variables)
 
     @tf.function
     def step(x):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(layer(x, training=True)))
+            loss = loss_fn(layer(x, training=True))
         grads = tape.gradient(loss, layer.trainable_variables)
         optimizer.apply_gradients(zip(grads, layer.trainable_variables))
         return loss
@@ -140,21 +149,60 @@ class SolverIterations:
 class ForwardBackwardTime:
     """Warm time of the forward solve and of forward + implicit backward."""
 
-    params = [SOLVERS]
-    param_names = ["solver"]
+    params = [SOLVERS, ["auto", False]]
+    param_names = ["solver", "jit_cell"]
     timeout = 120
 
-    def setup(self, solver):
+    def setup(self, solver, jit_cell):
         self.x = make_input()
-        self.forward, self.forward_backward = make_steps(make_deq(solver))
+        self.forward, self.forward_backward = make_steps(make_deq(solver, jit_cell=jit_cell))
         self.forward(self.x)
         self.forward_backward(self.x)
 
-    def time_forward(self, solver):
+    def time_forward(self, solver, jit_cell):
         self.forward(self.x)
 
-    def time_forward_backward(self, solver):
+    def time_forward_backward(self, solver, jit_cell):
         self.forward_backward(self.x)
+
+
+class ConvCellTrainingStep:
+    """Warm training step of the MNIST DEQ's conv cell (``deq_mnist``'s solve)."""
+
+    params = [["auto", False, True]]
+    param_names = ["jit_cell"]
+    timeout = 180
+
+    def setup(self, jit_cell):
+        import keras
+        import numpy as np
+        import tensorflow as tf
+
+        import keras_implicit as ki
+        from keras_implicit.layers.deq_cells import DEQConvCell
+
+        keras.utils.set_random_seed(0)
+        size, channels, hidden, groups, batch = (6, 8, 8, 4, 2) if QUICK else (14, 32, 64, 8, 64)
+        self.layer = ki.layers.DEQ(DEQConvCell(hidden, groups=groups), tol=1e-3, max_iter=30,
+                                   on_failure="ignore", jit_cell=jit_cell)
+        self.layer.build((None, size, size, channels))
+        rng = np.random.RandomState(0)
+        self.x = rng.randn(batch, size, size, channels).astype("float32")
+        # A fixed random readout (compare_torchdeq's loss): a mean of squares of z* has
+        # almost no gradient through the cell's last GroupNorm.
+        readout = rng.randn(*self.x.shape).astype("float32") / batch
+        self.step = make_train_step(self.layer, lambda z: tf.reduce_sum(z * readout),
+                                    learning_rate=1e-5)
+        self.step(self.x)
+
+    def time_train_step(self, jit_cell):
+        self.step(self.x)
+
+    def track_iterations(self, jit_cell):
+        self.step(self.x)
+        return _stat(self.layer, "iterations_forward") + _stat(self.layer, "iterations_backward")
+
+    track_iterations.unit = "iterations"
 
 
 class TrainingStepMemory:

@@ -9,7 +9,7 @@ from keras_implicit.layers.deq_cells import DEQConvCell
 
 def deq_mnist(*, input_shape=(28, 28, 1), num_classes=10, channels=32, hidden_channels=64,
               groups=8, solver="anderson", tol=1e-3, max_iter=30, gradient="implicit",
-              jacobian_penalty=0.0, on_failure="warn", jit_cell=False, name="deq_mnist"):
+              jacobian_penalty=0.0, on_failure="warn", jit_cell="auto", name="deq_mnist"):
     """Builds a small convolutional DEQ classifier (logits) for 28×28 images.
 
     Injection: a stride-2 3×3 convolution and GroupNorm map the image to a

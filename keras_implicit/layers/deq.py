@@ -80,9 +80,16 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
         on_failure: ``"warn"`` (default: eagerly a Python
             ``FixedPointWarning``, in graphs such as ``fit`` a line on stderr),
             ``"raise"`` or ``"ignore"``, when a solve ends without converging.
-        jit_cell: compile the cell with XLA for the forward iterations while
-            the solver loop stays in TensorFlow (faster for convolutional cells
-            on CPU; one compilation per input shape).
+        jit_cell: ``"auto"`` (default), ``True`` or ``False``: what XLA
+            compiles, decided when the call is traced
+            (``ki.ops.jit.plan_fixed_point``): ``"auto"`` compiles the whole
+            forward and implicit backward solves of a cell without
+            convolutions, keeps a convolutional cell in TensorFlow's graph
+            (faster on CPU), and falls back with one warning naming the op
+            when XLA cannot compile the cell. ``True`` compiles the cell alone
+            (fails loudly); ``False`` compiles nothing. The config stores the
+            value as given (``"auto"`` is decided again on each machine);
+            ``compiled_path`` is the path the last call took.
         **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``...).
 
     Call arguments:
@@ -118,7 +125,7 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
 
     def __init__(self, cell, solver="anderson", tol=1e-4, max_iter=50, gradient="implicit",
                  jacobian_penalty=0.0, state_shape=None, stop_mode="rel", on_failure="warn",
-                 jit_cell=False, **kwargs):
+                 jit_cell="auto", **kwargs):
         removed = sorted(set(_LEGACY) & set(kwargs))
         if removed:
             raise TypeError(
@@ -141,6 +148,9 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
         # does not run: keep jit_compile="auto" off (an explicit jit_compile=True
         # trains, but then non-convergence shows only in the statistics).
         self.supports_jit = False
+        #: What XLA compiled in the last call (``"none"``, ``"cell"``, ``"solve"``;
+        #: eager calls: ``"none"``); ``None`` before the first call.
+        self.compiled_path = None
 
     solver = property(lambda self: self.options.solver)
     gradient = property(lambda self: self.options.gradient)
@@ -179,6 +189,7 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
             lambda z, x: self.cell(z, x), inputs, z0, **self.options.as_kwargs(),
             jacobian_penalty=penalty, on_backward=self._record_backward)
         stats = result.stats
+        self.compiled_path = stats.compiled
         residual = stats.rel_residual if self.stop_mode == "rel" else stats.abs_residual
         values = {"iterations_forward": stats.forward_iterations, "residual": residual,
                   "converged": stats.converged}

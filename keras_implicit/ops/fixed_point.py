@@ -11,7 +11,7 @@ from keras_implicit.ops import fixed_point_gradients
 from keras_implicit.ops import implicit_gradient  # noqa: F401  (registers "implicit")
 from keras_implicit.ops.fixed_point_gradients import FixedPointProblem
 from keras_implicit.ops.jacobian_penalty import jacobian_frobenius_penalty
-from keras_implicit.ops.jit import check_jit, maybe_jit
+from keras_implicit.ops import jit as jit_lib
 from keras_implicit.solvers import fixed_point_base
 from keras_implicit.solvers import state as state_ops
 
@@ -26,13 +26,13 @@ class FixedPointOptions:
     """
 
     def __init__(self, solver="anderson", tol=1e-4, max_iter=50, stop_mode="rel",
-                 gradient="implicit", on_failure="warn", jit_cell=False):
+                 gradient="implicit", on_failure="warn", jit_cell="auto"):
         self.solver = fixed_point_base.get(solver)
         self.tol, self.max_iter, self.stop_mode = fixed_point_base.check_solve_arguments(
             tol, max_iter, stop_mode)
         self.gradient = fixed_point_gradients.get(gradient)
         self.on_failure = failure.check_on_failure(on_failure)
-        self.jit_cell = check_jit("jit_cell", jit_cell)
+        self.jit_cell = jit_lib.check_jit("jit_cell", jit_cell)
 
     def resolvable_tol(self, dtype):
         """``tol``, floored (with one warning) to what a half-precision map resolves
@@ -60,7 +60,7 @@ class FixedPointOptions:
 @tf.autograph.experimental.do_not_convert
 def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mode="rel",
                 gradient="implicit", jacobian_penalty=False, on_failure="warn", on_backward=None,
-                jit_cell=False):
+                jit_cell="auto"):
     """Finds the fixed point ``z* = fn(z*, x)`` of a batch, starting from ``z0``.
 
     Args:
@@ -96,8 +96,19 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
             in ``stats`` in every case.
         on_backward: called with the ``FixedPointStats`` once the implicit
             backward solve has run (e.g. to record its iterations).
-        jit_cell: compile ``fn`` with XLA for the forward iterations, while the
-            solver loop stays in TensorFlow (one compilation per input shape).
+        jit_cell: ``"auto"`` (default), ``True`` or ``False``: what XLA
+            compiles (``ki.ops.jit.plan_fixed_point`` states the rule and its
+            measurements). ``"auto"`` decides when the call is traced
+            (``tf.function``, ``fit``; eager calls run uncompiled): for a map
+            without convolutions, the forward solve and the implicit backward
+            solve each become one XLA program (not with ``"unrolled"``, nor
+            with a solver that has a loop of its own); a convolutional map
+            stays in TensorFlow's graph (oneDNN's convolutions beat XLA's on
+            CPU); a map XLA cannot compile falls back with one warning naming
+            the op. ``True`` compiles the map alone and fails loudly;
+            ``False`` compiles nothing. ``stats.compiled`` says which path ran
+            (``"none"``, ``"cell"`` or ``"solve"``). A compilation costs
+            about 1-3 s per input shape (and per device).
 
     Returns:
         A ``FixedPointResult``: ``z`` (``z0``'s shape), ``stats``
@@ -136,16 +147,22 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
     solve_dtype = state_ops.control_dtype(dtype)
     flat_x = [tf.convert_to_tensor(t) for t in tf.nest.flatten(x)]
     differentiable = [i for i, t in enumerate(flat_x) if t.dtype.is_floating]
+    others = [i for i in range(len(flat_x)) if i not in differentiable]
     z_shape, z_dynamic_shape = z0.shape, tf.shape(z0)
-    if z_shape.rank is not None and z_shape[1:].is_fully_defined():
-        rows = tf.reshape(z0, [-1, int(np.prod(z_shape[1:]))])
+    static_tail = z_shape[1:].as_list() if z_shape.rank is not None and \
+        z_shape[1:].is_fully_defined() else None
+    if static_tail is not None:
+        rows = tf.reshape(z0, [-1, int(np.prod(static_tail))])
     else:
         rows = tf.reshape(z0, [z_dynamic_shape[0], -1])
 
-    def call_fn(z, xs):
-        """``fn`` on an unflattened ``z`` with the floating parts of ``x`` replaced by ``xs``."""
+    def call_fn(z, xs, other_xs=None):
+        """``fn`` on an unflattened ``z`` with the floating parts of ``x`` replaced by ``xs``
+        (and the others by ``other_xs``, for the compile probe)."""
         parts = list(flat_x)
         for i, t in zip(differentiable, xs):
+            parts[i] = t
+        for i, t in zip(others, other_xs or []):
             parts[i] = t
         out = tf.convert_to_tensor(fn(z, tf.nest.pack_sequence_as(x, parts)))
         if not out.shape.is_compatible_with(z.shape):
@@ -157,18 +174,28 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
                             f"dtype {out.dtype.name} for z of dtype {z.dtype.name}")
         return out
 
-    def flat_fn(z_rows, xs):
-        # The solver iterates in the control dtype; fn sees z in its own dtype.
-        z = tf.reshape(tf.cast(z_rows, dtype), z_dynamic_shape)
-        return tf.cast(tf.reshape(call_fn(z, xs), tf.shape(z_rows)), solve_dtype)
+    def flat_fn(z_rows, xs, other_xs=None):
+        # The solver iterates in the control dtype; fn sees z in its own dtype. A static
+        # state shape is rebuilt from the rows' batch size: XLA can then compile fn.
+        z_rows_in = tf.cast(z_rows, dtype)
+        if static_tail is not None:
+            z = tf.reshape(z_rows_in, tf.concat([tf.shape(z_rows)[:1], static_tail], 0))
+        else:
+            z = tf.reshape(z_rows_in, z_dynamic_shape)
+        return tf.cast(tf.reshape(call_fn(z, xs, other_xs), tf.shape(z_rows)), solve_dtype)
 
     xs = [flat_x[i] for i in differentiable]
+    z0_rows = tf.cast(rows, solve_dtype)
+    plan = jit_lib.plan_fixed_point(
+        options.jit_cell, options.solver, options.gradient, flat_fn,
+        (z0_rows, xs, [flat_x[i] for i in others]), static_shape=static_tail is not None)
     problem = FixedPointProblem(
-        fn=flat_fn, z0=tf.cast(rows, solve_dtype), xs=xs, solver=options.solver,
+        fn=flat_fn, z0=z0_rows, xs=xs, solver=options.solver,
         tol=options.resolvable_tol(dtype), max_iter=options.max_iter,
         stop_mode=options.stop_mode, on_failure=options.on_failure, on_backward=on_backward,
-        cell_wrapper=(lambda cell: maybe_jit(cell, True)) if options.jit_cell is True else None,
-        compiled="cell" if options.jit_cell is True else "none")
+        cell_wrapper=plan.cell_wrapper, step_wrapper=plan.step_wrapper,
+        iteration_wrapper=plan.iteration_wrapper, solve_wrapper=plan.solve_wrapper,
+        compiled=plan.kind)
     z_rows, stats = options.gradient.solve(problem)
     z = tf.reshape(tf.cast(z_rows, dtype), z_dynamic_shape)
     if z_shape.rank is not None:

@@ -33,7 +33,7 @@ def no_recording():
 
 class FixedPointProblem(collections.namedtuple("FixedPointProblem", [
         "fn", "z0", "xs", "solver", "tol", "max_iter", "stop_mode", "on_failure", "on_backward",
-        "cell_wrapper", "compiled"])):
+        "cell_wrapper", "step_wrapper", "iteration_wrapper", "solve_wrapper", "compiled"])):
     """A prepared fixed-point solve, as ``fixed_point`` hands it to a gradient strategy.
 
     Attributes:
@@ -43,7 +43,9 @@ class FixedPointProblem(collections.namedtuple("FixedPointProblem", [
         solver: a ``FixedPointSolver``; tol, max_iter, stop_mode: its options.
         on_failure: ``"raise"``, ``"warn"`` or ``"ignore"``.
         on_backward: called with the ``FixedPointStats`` after a backward solve.
-        cell_wrapper: compiles the map of the forward iterations, or ``None``.
+        cell_wrapper, step_wrapper, iteration_wrapper, solve_wrapper: compile
+            the map, an iteration without the map, a whole iteration, or the
+            whole forward solve (``ops.jit.plan_fixed_point``), or ``None``.
         compiled: the name of the compiled path, for the statistics.
     """
 
@@ -55,10 +57,23 @@ class FixedPointProblem(collections.namedtuple("FixedPointProblem", [
 
         return cell if self.cell_wrapper is None else self.cell_wrapper(cell)
 
-    def solve_forward(self, cell, z0):
-        """The forward solve, reported per ``on_failure``: ``(z, FixedPointStats)``."""
-        z, stats = self.solver.solve(cell, z0, tol=self.tol, max_iter=self.max_iter,
-                                     stop_mode=self.stop_mode)
+    def solve_forward(self, xs, z0):
+        """The forward solve of ``z = fn(z, xs)`` from ``z0``, reported per ``on_failure``:
+        ``(z, FixedPointStats)``."""
+        wrappers = {}
+        if self.solver.fusable:
+            wrappers = {"step_wrapper": self.step_wrapper,
+                        "iteration_wrapper": self.iteration_wrapper}
+
+        def run(z0, *xs):
+            return self.solver.solve(self.forward_map(list(xs)), z0, tol=self.tol,
+                                     max_iter=self.max_iter, stop_mode=self.stop_mode,
+                                     **wrappers)
+
+        if self.solve_wrapper is not None:
+            run = self.solve_wrapper(run)
+        z, stats = run(z0, *xs)
+        # Outside any compiled part: XLA drops the assertions a failure report may raise.
         [z] = report(stats, self.solver.name, "forward", self.tol, self.on_failure, [z])
         return z, FixedPointStats.from_solve(stats, compiled=self.compiled)
 
@@ -130,8 +145,7 @@ class Phantom(FixedPointGradient):
     def solve(self, problem):
         constants = [tf.stop_gradient(t) for t in problem.xs]
         with no_recording():
-            z, stats = problem.solve_forward(problem.forward_map(constants),
-                                             tf.stop_gradient(problem.z0))
+            z, stats = problem.solve_forward(constants, tf.stop_gradient(problem.z0))
         z = tf.stop_gradient(z)
         for _ in range(self.steps):
             f = problem.fn(z, problem.xs)
@@ -152,7 +166,7 @@ class Unrolled(FixedPointGradient):
     name = "unrolled"
 
     def solve(self, problem):
-        return problem.solve_forward(problem.forward_map(problem.xs), problem.z0)
+        return problem.solve_forward(problem.xs, problem.z0)
 
 
 def get(identifier, argument="gradient"):

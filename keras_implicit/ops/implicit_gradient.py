@@ -62,7 +62,7 @@ class Implicit(FixedPointGradient):
         def forward(z_init, *inputs):
             inputs = list(inputs)
             with no_recording():
-                z_star, stats = problem.solve_forward(problem.forward_map(inputs), z_init)
+                z_star, stats = problem.solve_forward(inputs, z_init)
             box["stats"] = stats
 
             def grad_fn(grad_z, variables=None):
@@ -70,9 +70,17 @@ class Implicit(FixedPointGradient):
                 grad_z = tf.zeros_like(z_star) if grad_z is None else tf.convert_to_tensor(grad_z)
                 wrt = inputs + variables
 
-                def backward():
-                    return _backward_solve(problem, z_star, inputs, variables, grad_z,
+                def run(z_star, grad_z, *inputs):
+                    return _backward_solve(problem, z_star, list(inputs), variables, grad_z,
                                            backward_solver, tol, max_iter)
+
+                if problem.solve_wrapper is not None and backward_solver.fusable:
+                    # The forward solve is compiled whole: so is the backward one, its
+                    # vector-Jacobian products included.
+                    run = problem.solve_wrapper(run)
+
+                def backward():
+                    return run(z_star, grad_z, *inputs)
 
                 def skip():
                     nan = [tf.fill(tf.shape(x), tf.constant(float("nan"), x.dtype)) for x in wrt]

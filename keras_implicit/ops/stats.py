@@ -107,6 +107,8 @@ class FixedPointStats(SolveStatistics):
             ``Implicit`` (the linear solve of the implicit function theorem).
             With ``Phantom``, ``backward_iterations`` is the number of unrolled
             steps and ``backward_status`` is 0; with ``Unrolled`` they stay ``None``.
+        compiled: which path ``jit_cell`` chose (``"none"``, ``"cell"`` or
+            ``"solve"``; ``ops.jit.plan_fixed_point``).
     """
 
     FORWARD = ("forward_iterations", "abs_residual", "rel_residual", "status", "converged")

@@ -45,45 +45,92 @@ class Anderson(base.FixedPointSolver):
         self.regularization = validation.nonnegative_float("regularization", regularization)
         self.damping = base.check_damping(damping)
 
-    def solve(self, fn, z0, *, tol=1e-4, max_iter=50, stop_mode="rel"):
-        tol, max_iter, stop_mode = base.check_solve_arguments(tol, max_iter, stop_mode)
+    def init_state(self, z0):
+        """The last ``m`` images ``f_i`` and residuals ``g_i = f_i - z_i`` (oldest first, each
+        ``(batch, dim)``: a new one shifts the tuples without copying a history), their
+        residuals' Gram matrix ``(batch, m, m)`` in the control dtype, and how many are
+        filled."""
+        zeros = tf.zeros_like(z0)
+        linear = state_ops.control_dtype(z0.dtype)
+        gram = tf.zeros(tf.concat([tf.shape(z0)[:1], [self.memory, self.memory]], 0), linear)
+        return ((zeros,) * self.memory, (zeros,) * self.memory, gram, tf.constant(0, tf.int32))
+
+    def update(self, state, z, fz):
+        images, residuals, gram, count = state
         m, damping = self.memory, self.damping
-        dtype = z0.dtype
-        linear = state_ops.control_dtype(dtype)
+        linear = gram.dtype
+        g = fz - z
+        images, residuals = images[1:] + (fz,), residuals[1:] + (g,)
+        # Only the new row of the Gram matrix is computed; the rest shifts with the history.
+        g_linear = tf.cast(g, linear)
+        row = tf.stack([tf.reduce_sum(tf.cast(r, linear) * g_linear, axis=-1)
+                        for r in residuals[:-1]] + [tf.reduce_sum(tf.square(g_linear), axis=-1)],
+                       axis=-1)
+        gram = tf.concat([tf.concat([gram[:, 1:, 1:], row[:, :-1, None]], axis=2),
+                          row[:, None, :]], axis=1)
+        count = tf.minimum(count + 1, m)
+        valid = tf.range(m) >= m - count
+        both = valid[:, None] & valid[None, :]
         lam = tf.constant(self.regularization, linear)
-        # Keeps the Gram matrix positive definite once every residual is exactly 0.
+        # Keeps the system positive definite once every residual is exactly 0.
         floor = tf.constant(float(state_ops.finfo(linear).tiny) ** 0.5, linear)
-        slots = tf.range(m)
-
-        def step(state, z, fz):
-            history_z, history_f, count = state
-            slot = tf.equal(slots, count % m)[None, :, None]
-            history_z = tf.where(slot, z[:, None, :], history_z)
-            history_f = tf.where(slot, fz[:, None, :], history_f)
-            count = count + 1
-            valid = slots < count
-            both = valid[:, None] & valid[None, :]
-            residual = tf.cast(history_f - history_z, linear)
-            gram = tf.where(both, tf.matmul(residual, residual, transpose_b=True), 0.0)
-            diagonal = tf.linalg.diag_part(gram)
-            diagonal = tf.where(valid, diagonal * (1.0 + lam) + floor, tf.ones_like(diagonal))
-            gram = tf.linalg.set_diag(gram, diagonal)
-            ones = tf.broadcast_to(tf.cast(valid, linear)[:, None], tf.shape(gram[..., :1]))
-            weights = tf.linalg.cholesky_solve(tf.linalg.cholesky(gram), ones)[..., 0]
-            alpha = tf.cast(weights / tf.reduce_sum(weights, axis=-1, keepdims=True), dtype)
-            mixed_f = tf.einsum("bm,bmd->bd", alpha, history_f)
-            if damping == 1.0:
-                z_next = mixed_f
-            else:
-                z_next = damping * mixed_f + (1.0 - damping) * tf.einsum(
-                    "bm,bmd->bd", alpha, history_z)
-            return (history_z, history_f, count), z_next, fn(z_next)
-
-        history = tf.zeros(tf.concat([tf.shape(z0)[:1], [m], tf.shape(z0)[1:]], 0), dtype)
-        history = tf.ensure_shape(history, [z0.shape[0], m, z0.shape[1]])
-        state0 = (history, history, tf.constant(0, tf.int32))
-        return base.iterate(fn, z0, step, state0, tol=tol, max_iter=max_iter, stop_mode=stop_mode)
+        system = tf.where(both, gram, tf.zeros_like(gram))
+        diagonal = tf.linalg.diag_part(system)
+        diagonal = tf.where(valid, diagonal * (1.0 + lam) + floor, tf.ones_like(diagonal))
+        system = tf.linalg.set_diag(system, diagonal)
+        ones = tf.broadcast_to(tf.cast(valid, linear), tf.shape(system[..., 0]))
+        weights = _spd_solve(system, ones)
+        alpha = tf.cast(weights / tf.reduce_sum(weights, axis=-1, keepdims=True), z.dtype)
+        z_next = _combine(alpha, images)
+        if damping != 1.0:
+            # sum_i alpha_i (damping f_i + (1 - damping) z_i), with z_i = f_i - g_i
+            z_next = z_next - (1.0 - damping) * _combine(alpha, residuals)
+        return (images, residuals, gram, count), z_next
 
     def get_config(self):
         return {"memory": self.memory, "regularization": self.regularization,
                 "damping": self.damping}
+
+
+def _combine(alpha, rows):
+    """``sum_i alpha[:, i] * rows[i]`` for ``alpha`` ``(batch, m)`` and ``m`` ``(batch, dim)``."""
+    out = None
+    for i, r in enumerate(rows):
+        term = alpha[:, i:i + 1] * r
+        out = term if out is None else out + term
+    return out
+
+
+def _spd_solve(a, b):
+    """``a^-1 b`` for symmetric positive definite ``a`` ``(batch, m, m)`` and ``b``
+    ``(batch, m)``, by Cholesky. XLA's batched Cholesky on CPU takes 0.2 ms for 64 5x5
+    matrices, 15x TensorFlow's kernel: under XLA (``state.in_xla``) the factorisation
+    and substitutions are unrolled over the (static, small) ``m`` instead, which XLA
+    fuses into a few kernels."""
+    if not state_ops.in_xla():
+        return tf.linalg.cholesky_solve(tf.linalg.cholesky(a), b[..., None])[..., 0]
+    m = a.shape[-1]
+    lower = {}
+    for j in range(m):
+        s = a[:, j, j]
+        for k in range(j):
+            s = s - tf.square(lower[j, k])
+        lower[j, j] = tf.sqrt(s)
+        for i in range(j + 1, m):
+            s = a[:, i, j]
+            for k in range(j):
+                s = s - lower[i, k] * lower[j, k]
+            lower[i, j] = s / lower[j, j]
+    y = []
+    for i in range(m):
+        s = b[:, i]
+        for k in range(i):
+            s = s - lower[i, k] * y[k]
+        y.append(s / lower[i, i])
+    x = [None] * m
+    for i in reversed(range(m)):
+        s = y[i]
+        for k in range(i + 1, m):
+            s = s - lower[k, i] * x[k]
+        x[i] = s / lower[i, i]
+    return tf.stack(x, axis=-1)

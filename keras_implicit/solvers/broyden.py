@@ -39,48 +39,49 @@ class Broyden(base.FixedPointSolver):
     def __init__(self, memory=10):
         self.memory = validation.positive_int("memory", memory)
 
-    def solve(self, fn, z0, *, tol=1e-4, max_iter=50, stop_mode="rel"):
-        tol, max_iter, stop_mode = base.check_solve_arguments(tol, max_iter, stop_mode)
+    def init_state(self, z0):
+        """``(us, vts)``, the rank-one updates ``(batch, m, dim)``; the number of iterations
+        so far; the last residual ``g`` and step ``dz`` (the next update needs both)."""
+        history = tf.zeros(tf.concat([tf.shape(z0)[:1], [self.memory], tf.shape(z0)[1:]], 0),
+                           z0.dtype)
+        history = tf.ensure_shape(history, [z0.shape[0], self.memory, z0.shape[1]])
+        zeros = tf.zeros_like(z0)
+        return (history, history, tf.constant(0, tf.int32), zeros, zeros)
+
+    def update(self, state, z, fz):
+        us, vts, count, g_last, dz_last = state
         m = self.memory
-        slots = tf.range(m)
-        finfo = state_ops.finfo(z0.dtype)
-        tiny = tf.constant(float(finfo.tiny), z0.dtype)
-        eps = tf.constant(float(finfo.eps), z0.dtype)
-
-        def matvec(us, vts, x):
-            """``B x`` for ``B = -I + sum_i u_i v_i^T``, batched."""
-            return -x + tf.einsum("bmd,bm->bd", us, tf.einsum("bmd,bd->bm", vts, x))
-
-        def rmatvec(us, vts, x):
-            """``x^T B``, batched."""
-            return -x + tf.einsum("bmd,bm->bd", vts, tf.einsum("bmd,bd->bm", us, x))
-
-        def step(state, z, fz):
-            us, vts, count = state
-            g = fz - z
-            # The step -B g: with B = -I (no update yet) this is a Picard step.
-            dz = -matvec(us, vts, g)
-            z_next = z + dz
-            fz_next = fn(z_next)
-            dg = (fz_next - z_next) - g
-            vt = rmatvec(us, vts, dz)
-            denominator = tf.reduce_sum(vt * dg, axis=-1, keepdims=True)
-            # Skip the update where the step no longer changes g measurably (at the
-            # precision floor): a rounding-noise update would blow B up.
-            scale = tf.norm(vt, axis=-1, keepdims=True) * tf.norm(dg, axis=-1, keepdims=True)
-            usable = tf.abs(denominator) > tf.maximum(eps * scale, tiny)
-            u = tf.where(usable, (dz - matvec(us, vts, dg))
-                         / tf.where(usable, denominator, tf.ones_like(denominator)), 0.0)
-            vt = tf.where(usable, vt, 0.0)
-            slot = tf.equal(slots, count % m)[None, :, None]
-            us = tf.where(slot, u[:, None, :], us)
-            vts = tf.where(slot, vt[:, None, :], vts)
-            return (us, vts, count + 1), z_next, fz_next
-
-        history = tf.zeros(tf.concat([tf.shape(z0)[:1], [m], tf.shape(z0)[1:]], 0), z0.dtype)
-        history = tf.ensure_shape(history, [z0.shape[0], m, z0.shape[1]])
-        state0 = (history, history, tf.constant(0, tf.int32))
-        return base.iterate(fn, z0, step, state0, tol=tol, max_iter=max_iter, stop_mode=stop_mode)
+        finfo = state_ops.finfo(z.dtype)
+        g = fz - z
+        # The rank-one update from the last step (none before the first): B maps the last
+        # change of g to the last change of z.
+        dg = g - g_last
+        vt = _rmatvec(us, vts, dz_last)
+        denominator = tf.reduce_sum(vt * dg, axis=-1, keepdims=True)
+        # Skip the update where the step no longer changes g measurably (at the
+        # precision floor): a rounding-noise update would blow B up.
+        scale = tf.norm(vt, axis=-1, keepdims=True) * tf.norm(dg, axis=-1, keepdims=True)
+        usable = (tf.abs(denominator) > tf.maximum(tf.constant(float(finfo.eps), z.dtype) * scale,
+                                                   tf.constant(float(finfo.tiny), z.dtype)))
+        u = tf.where(usable, (dz_last - _matvec(us, vts, dg))
+                     / tf.where(usable, denominator, tf.ones_like(denominator)), 0.0)
+        vt = tf.where(usable, vt, 0.0)
+        slot = (tf.equal(tf.range(m), (count - 1) % m) & (count > 0))[None, :, None]
+        us = tf.where(slot, u[:, None, :], us)
+        vts = tf.where(slot, vt[:, None, :], vts)
+        # The step -B g: with B = -I (no update yet) this is a Picard step.
+        dz = -_matvec(us, vts, g)
+        return (us, vts, count + 1, g, dz), z + dz
 
     def get_config(self):
         return {"memory": self.memory}
+
+
+def _matvec(us, vts, x):
+    """``B x`` for ``B = -I + sum_i u_i v_i^T``, batched."""
+    return -x + tf.einsum("bmd,bm->bd", us, tf.einsum("bmd,bd->bm", vts, x))
+
+
+def _rmatvec(us, vts, x):
+    """``x^T B``, batched."""
+    return -x + tf.einsum("bmd,bm->bd", vts, tf.einsum("bmd,bd->bm", us, x))

@@ -1,4 +1,4 @@
-"""What every fixed-point solver shares: statistics, the iteration driver, the registry.
+"""What every fixed-point solver shares: the interface, statistics, the registry.
 
 A fixed-point solver looks for ``z = fn(z)`` where ``z`` is a ``(batch, dim)``
 tensor (``ops.fixed_point`` flattens every sample into a row before it calls
@@ -12,45 +12,21 @@ residual (``Status.NON_FINITE``). For each sample the solver returns the image
 early keeps its solution while the others iterate on. An empty batch
 converges at once.
 
-Every loop is a ``tf.while_loop``: solvers run eagerly, inside
-``tf.function`` and under distribution strategies, and can be
-backpropagated through (``ki.ops.Unrolled``).
+Every loop is a ``tf.while_loop`` (``fixed_point_loop``): solvers run
+eagerly, inside ``tf.function`` and under distribution strategies, and can be
+backpropagated through (``ki.ops.Unrolled``). A solver that implements
+``init_state`` and ``update`` (all the built-in ones) runs on the shared
+driver (``fixed_point_loop``), whose iterations or whole solve ``ops.jit`` can
+compile with XLA (``jit_cell``).
 """
 
-import collections
-
-import tensorflow as tf
-
 from keras_implicit import validation
-from keras_implicit.solvers import state as state_ops
+from keras_implicit.solvers import fixed_point_loop
+from keras_implicit.solvers.fixed_point_loop import (  # noqa: F401  (the public helpers)
+    FixedPointSolveStats, batch_where, residuals, row_norms, worst_of)
 from keras_implicit.solvers.registry import Registry
-from keras_implicit.solvers.status import Status
 
 STOP_MODES = ("rel", "abs")
-
-# Added to ||fn(z)|| in the relative residual (as in torchdeq), so that z* = 0 is reachable.
-_REL_EPSILON = 1e-9
-
-
-class FixedPointSolveStats(
-    collections.namedtuple(
-        "FixedPointSolveStats", ["iterations", "abs_residual", "rel_residual", "status"])
-):
-    """Statistics of one fixed-point solve, all scalar tensors.
-
-    Attributes:
-        iterations: int32, evaluations of the map.
-        abs_residual: the largest over the batch of each sample's best
-            ``||fn(z) - z||`` (control dtype).
-        rel_residual: the same samples' ``||fn(z) - z|| / ||fn(z)||``.
-        status: int32, a ``Status`` value.
-    """
-
-    __slots__ = ()
-
-    @property
-    def converged(self):
-        return tf.equal(self.status, Status.SUCCESS)
 
 
 def check_solve_arguments(tol, max_iter, stop_mode, prefix=""):
@@ -64,119 +40,60 @@ def check_solve_arguments(tol, max_iter, stop_mode, prefix=""):
     return tol, max_iter, stop_mode
 
 
-def row_norms(v):
-    """Euclidean norm of each row of ``(batch, dim)``, without overflow of the squares
-    (float32 iterates of a diverging map reach 1e20 long before they overflow)."""
-    v = tf.cast(v, state_ops.control_dtype(v.dtype))
-    scale = tf.reduce_max(tf.abs(v), axis=-1)
-    safe = tf.where(scale > 0, scale, tf.ones_like(scale))
-    return tf.sqrt(tf.reduce_sum(tf.square(v / tf.expand_dims(safe, -1)), axis=-1)) * scale
-
-
-def residuals(z, fz):
-    """Per-sample absolute and relative residuals of ``(batch, dim)`` tensors."""
-    abs_residual = row_norms(fz - z)
-    rel_residual = abs_residual / (row_norms(fz) + _REL_EPSILON)
-    return abs_residual, rel_residual
-
-
-def batch_where(mask, a, b):
-    """Rows of ``a`` where the per-sample ``mask`` (batch,) holds, else of ``b`` (batch, dim)."""
-    return tf.where(tf.expand_dims(mask, -1), a, b)
-
-
-def worst_of(values, *others):
-    """The entries at the largest of ``values`` (batch,); zeros for an empty batch."""
-    padded = tf.concat([values, tf.zeros([1], values.dtype)], 0)
-    worst = tf.argmax(padded, output_type=tf.int32)
-    return [tf.gather(padded, worst)] + [
-        tf.gather(tf.concat([x, tf.zeros([1], x.dtype)], 0), worst) for x in others]
-
-
-def iterate(fn, z0, step, state0, *, tol, max_iter, stop_mode):
-    """Runs a fixed-point iteration, tracking each sample's best iterate.
-
-    Args:
-        fn: the map, ``(batch, dim) -> (batch, dim)``.
-        z0: ``(batch, dim)`` initial guess.
-        step: ``step(state, z, fz) -> (state, z_next, fz_next)``: one
-            iteration from iterate ``z`` with image ``fz`` (one evaluation of
-            ``fn``, inside ``step``). ``state`` is the solver's own loop state.
-        state0: the solver's initial state, a nested structure of tensors.
-        tol, max_iter, stop_mode: see the module docstring.
-
-    Returns:
-        ``(z, stats)``: the image of each sample's best iterate and a
-        :class:`FixedPointSolveStats`.
-    """
-    fz0 = fn(z0)
-    abs0, rel0 = residuals(z0, fz0)
-    tol = tf.constant(tol, abs0.dtype)
-    use_rel = stop_mode == "rel"
-
-    def status_of(best_abs, best_rel, abs_k, rel_k, k):
-        best = best_rel if use_rel else best_abs
-        finite = tf.reduce_all(tf.math.is_finite(abs_k)) & tf.reduce_all(tf.math.is_finite(rel_k))
-        done = tf.reduce_all(best <= tol)
-        return tf.where(~finite, Status.NON_FINITE,
-                        tf.where(done, Status.SUCCESS,
-                                 tf.where(k >= max_iter, Status.MAX_STEPS_REACHED,
-                                          Status.RUNNING)))
-
-    def body(k, status, z, fz, best_z, best_abs, best_rel, state):
-        state, z, fz = step(state, z, fz)
-        abs_k, rel_k = residuals(z, fz)
-        better = (rel_k < best_rel) if use_rel else (abs_k < best_abs)
-        best_z = batch_where(better, fz, best_z)
-        best_abs = tf.where(better, abs_k, best_abs)
-        best_rel = tf.where(better, rel_k, best_rel)
-        k = k + 1
-        return (k, status_of(best_abs, best_rel, abs_k, rel_k, k), z, fz, best_z, best_abs,
-                best_rel, state)
-
-    k0 = tf.constant(1, tf.int32)
-    status0 = status_of(abs0, rel0, abs0, rel0, k0)
-    k, status, _, _, best_z, best_abs, best_rel, _ = tf.while_loop(
-        lambda k, status, *_: tf.equal(status, Status.RUNNING),
-        body,
-        (k0, status0, z0, fz0, fz0, abs0, rel0, state0),
-        maximum_iterations=max_iter,
-    )
-    if use_rel:
-        rel_residual, abs_residual = worst_of(best_rel, best_abs)
-    else:
-        abs_residual, rel_residual = worst_of(best_abs, best_rel)
-    stats = FixedPointSolveStats(iterations=k, abs_residual=abs_residual,
-                                 rel_residual=rel_residual, status=status)
-    return best_z, stats
-
-
 class FixedPointSolver:
     """Base class of the fixed-point solvers (``"picard"``, ``"anderson"``, ``"broyden"``).
 
-    Subclasses set ``name``, keep their options as attributes, implement
-    ``solve`` and ``get_config`` (the constructor's arguments); register them
-    with ``FIXED_POINT_SOLVERS.register()`` (or
-    ``ki.serialization.register("fixed_point_solver")``) to use them by name
-    and save them.
+    Subclasses set ``name`` and keep their options as attributes. They either
+    implement ``init_state`` and ``update`` (one step of the method from an
+    iterate and its image; the shared driver evaluates the map, tracks the
+    best iterate and stops, and can compile a whole iteration with XLA), or
+    override ``solve`` with a loop of their own. Either way they implement
+    ``get_config`` (the constructor's arguments) and are registered with
+    ``FIXED_POINT_SOLVERS.register()`` (or
+    ``ki.serialization.register("fixed_point_solver")``) to be used by name
+    and saved.
     """
 
     name = None
 
-    def solve(self, fn, z0, *, tol=1e-4, max_iter=50, stop_mode="rel"):
+    def init_state(self, z0):
+        """The solver's loop state before the first iteration (nested tensors)."""
+        raise NotImplementedError
+
+    def update(self, state, z, fz):
+        """``(state, z_next)``: the next iterate from iterate ``z`` and its image ``fz``,
+        both ``(batch, dim)``. Must not call the map."""
+        raise NotImplementedError
+
+    @property
+    def fusable(self):
+        """Whether the solver runs on the shared driver (``update`` implemented, ``solve``
+        not overridden), whose iteration can be compiled whole (``ops.jit``)."""
+        cls = type(self)
+        return (cls.solve is FixedPointSolver.solve
+                and cls.update is not FixedPointSolver.update)
+
+    def solve(self, fn, z0, *, tol=1e-4, max_iter=50, stop_mode="rel", step_wrapper=None,
+              iteration_wrapper=None):
         """Finds ``z = fn(z)`` from ``z0``.
 
         Args:
             fn: the map, ``(batch, dim) -> (batch, dim)``.
-            z0: ``(batch, dim)`` floating tensor.
-            tol: tolerance of each sample's residual, > 0.
+            z0: ``(batch, dim)`` initial guess.
+            tol: tolerance of every sample's residual, > 0.
             max_iter: bound on the evaluations of ``fn``, >= 1.
-            stop_mode: ``"rel"`` or ``"abs"`` residual.
+            stop_mode: ``"rel"`` or ``"abs"``.
+            step_wrapper, iteration_wrapper: compile one iteration without or
+                with ``fn`` (``fixed_point_loop``); only solvers on the shared
+                driver (``fusable``) take them.
 
         Returns:
             ``(z, stats)``: ``(batch, dim)`` and a :class:`FixedPointSolveStats`.
         """
-        raise NotImplementedError
+        tol, max_iter, stop_mode = check_solve_arguments(tol, max_iter, stop_mode)
+        return fixed_point_loop.iterate(fn, z0, self, tol=tol, max_iter=max_iter,
+                                        stop_mode=stop_mode, step_wrapper=step_wrapper,
+                                        iteration_wrapper=iteration_wrapper)
 
     def get_config(self):
         return {}

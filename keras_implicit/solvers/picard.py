@@ -23,15 +23,12 @@ class Picard(base.FixedPointSolver):
     def __init__(self, damping=1.0):
         self.damping = base.check_damping(damping)
 
-    def solve(self, fn, z0, *, tol=1e-4, max_iter=50, stop_mode="rel"):
-        tol, max_iter, stop_mode = base.check_solve_arguments(tol, max_iter, stop_mode)
+    def init_state(self, z0):
+        return ()
+
+    def update(self, state, z, fz):
         damping = self.damping
-
-        def step(state, z, fz):
-            z_next = fz if damping == 1.0 else z + damping * (fz - z)
-            return state, z_next, fn(z_next)
-
-        return base.iterate(fn, z0, step, (), tol=tol, max_iter=max_iter, stop_mode=stop_mode)
+        return state, (fz if damping == 1.0 else z + damping * (fz - z))
 
     def get_config(self):
         return {"damping": self.damping}

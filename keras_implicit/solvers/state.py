@@ -1,5 +1,8 @@
 """Arithmetic on states held as flat lists of tensors, and the error norm."""
 
+import contextlib
+import threading
+
 import ml_dtypes
 import tensorflow as tf
 
@@ -80,3 +83,22 @@ def error_ratio(error, y0, y1, rtol, atol, error_mask=None):
 
 def all_finite(tensors):
     return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in tensors]))
+
+
+_XLA = threading.local()
+
+
+@contextlib.contextmanager
+def tracing_for_xla():
+    """Marks the code traced inside as bound for XLA (``ops.jit`` wraps what it compiles):
+    a solver may then choose ops XLA runs well (``in_xla``)."""
+    _XLA.depth = getattr(_XLA, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _XLA.depth -= 1
+
+
+def in_xla():
+    """Whether the code being traced will be compiled by XLA (``tracing_for_xla``)."""
+    return getattr(_XLA, "depth", 0) > 0

@@ -33,7 +33,9 @@ def dense_model(dtype="float32", **deq_kwargs):
 
 def test_sequential_and_functional_fit_evaluate_predict_with_solver_stats():
     x, y = data()
-    model = dense_model(tol=1e-5, jacobian_penalty=0.1)
+    # (jit_cell=False keeps this test at a third of its time: fit, evaluate and predict
+    # each compile under "auto", which tests/ops/test_fixed_point_compile.py covers)
+    model = dense_model(tol=1e-5, jacobian_penalty=0.1, jit_cell=False)
     model.compile(keras.optimizers.Adam(0.05), keras.losses.BinaryCrossentropy(from_logits=True))
     before = model.evaluate(x, y, verbose=0)
     history = model.fit(x, y, epochs=3, batch_size=8, verbose=0,
@@ -218,3 +220,33 @@ def test_conv_cell_in_a_deq():
     np.testing.assert_allclose(deq.cell(z, x).numpy(), z.numpy(), atol=1e-3)
     config = deq.cell.get_config()
     assert DEQConvCell.from_config(config).get_config() == config
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "mixed_float16"])
+def test_conv_cell_group_norm_is_keras_group_normalization(dtype):
+    """The cell's faster GroupNorm computes what keras.layers.GroupNormalization does,
+    values and gradients (input, gamma, beta)."""
+    from keras_implicit.layers.deq_cells import group_norm
+
+    norm = keras.layers.GroupNormalization(4, dtype=dtype)
+    norm.build((None, 5, 5, 8))
+    rng = np.random.default_rng(0)
+    norm.gamma.assign(rng.uniform(0.5, 1.5, 8))
+    norm.beta.assign(rng.normal(size=8))
+    compute = "float16" if dtype == "mixed_float16" else dtype
+    x = tf.constant(3.0 * rng.normal(size=(3, 5, 5, 8)) + 1.0, compute)
+    g = tf.constant(rng.normal(size=(3, 5, 5, 8)), compute)
+
+    def value_and_grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return [y] + tape.gradient(y, [x, norm.gamma, norm.beta], output_gradients=g)
+
+    expected = value_and_grads(norm)
+    ours = value_and_grads(lambda v: group_norm(norm, v))
+    assert ours[0].dtype == expected[0].dtype
+    tolerance = {"float32": 1e-5, "float64": 1e-12, "mixed_float16": 2e-2}[dtype]
+    for a, b in zip(ours, expected):
+        a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
+        np.testing.assert_allclose(a, b, rtol=0, atol=tolerance * max(1.0, np.abs(b).max()))

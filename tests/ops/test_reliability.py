@@ -133,7 +133,9 @@ def test_a_last_batch_smaller_than_the_replicas_trains(two_device_strategies):
         model = keras.Sequential([
             keras.Input((2,)),
             ki.layers.NeuralODE(ki.layers.ConcatDense(2, activation="tanh")),
-            ki.layers.DEQ(ki.layers.DEQDenseCell(), state_shape=(3,)),
+            # (jit_cell=False: XLA compiles each replica's shape, 8, 1 and 0, which tripled
+            # this test's time; tests/layers/test_deq.py runs "auto" under the strategy)
+            ki.layers.DEQ(ki.layers.DEQDenseCell(), state_shape=(3,), jit_cell=False),
             keras.layers.Dense(1)])
         model.compile("sgd", "mse")
     history = model.fit(x, x[:, :1], batch_size=16, epochs=1, verbose=0)

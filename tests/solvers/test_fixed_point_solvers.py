@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 import keras_implicit as ki
-from keras_implicit.solvers import fixed_point_base
+from keras_implicit.solvers import anderson, fixed_point_base
+from keras_implicit.solvers import state as state_ops
 from keras_implicit.solvers.status import Status
 from keras_implicit.solvers.anderson import Anderson
 from keras_implicit.solvers.broyden import Broyden
@@ -182,3 +183,55 @@ def test_bad_options_and_arguments():
     ]:
         with pytest.raises(ValueError, match=message):
             Anderson().solve(fn, tf.zeros([4, 6], tf.float64), **kwargs)
+
+
+def _xla(fn):
+    def traced(*args):
+        with state_ops.tracing_for_xla():
+            return fn(*args)
+
+    return tf.function(traced, jit_compile=True, autograph=False)
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_compiled_iterations_and_solves_give_the_same_fixed_point(name):
+    """The shared driver compiled per step, per iteration or as a whole solve (as
+    ``ops.jit`` does) follows the same iterates in float64."""
+    fn, z0 = tanh_problem(top=0.8)
+    solver = fixed_point_base.get(name)
+    assert solver.fusable
+    z_ref, s_ref = solver.solve(fn, z0, tol=1e-10, max_iter=300)
+    runs = [tf.function(lambda z: solver.solve(fn, z, tol=1e-10, max_iter=300,
+                                               step_wrapper=_xla)),
+            tf.function(lambda z: solver.solve(fn, z, tol=1e-10, max_iter=300,
+                                               iteration_wrapper=_xla)),
+            _xla(lambda z: solver.solve(fn, z, tol=1e-10, max_iter=300))]
+    for run in runs:
+        z, stats = run(z0)
+        assert int(stats.iterations) == int(s_ref.iterations)
+        assert int(stats.status) == Status.SUCCESS
+        np.testing.assert_allclose(z.numpy(), z_ref.numpy(), rtol=0, atol=1e-12)
+
+
+def test_anderson_least_squares_unrolled_for_xla_matches_cholesky():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(7, 5, 5))
+    a = tf.constant(a @ a.transpose(0, 2, 1) + np.eye(5))
+    b = tf.constant(rng.normal(size=(7, 5)))
+    expected = np.linalg.solve(a.numpy(), b.numpy()[..., None])[..., 0]
+    np.testing.assert_allclose(anderson._spd_solve(a, b).numpy(), expected, rtol=1e-10)
+    with state_ops.tracing_for_xla():
+        assert state_ops.in_xla()
+        np.testing.assert_allclose(anderson._spd_solve(a, b).numpy(), expected, rtol=1e-10)
+    assert not state_ops.in_xla()
+
+
+def test_a_solver_with_its_own_loop_is_not_fusable():
+    class Halving(fixed_point_base.FixedPointSolver):
+        name = "halving"
+
+        def solve(self, fn, z0, *, tol=1e-4, max_iter=50, stop_mode="rel"):
+            return fn(z0), None
+
+    assert not Halving().fusable
+    assert all(fixed_point_base.get(name).fusable for name in SOLVERS)

@@ -1,0 +1,121 @@
+"""jit_cell="auto" | True | False for fixed points: the same numbers on every path, the path
+it chose, and a clean fallback for a cell XLA cannot compile."""
+
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_implicit as ki
+from keras_implicit.layers.deq_cells import DEQConvCell, DEQDenseCell
+
+
+class Tanh:
+    """z = tanh(z W + x U + b), float64, with its variables."""
+
+    def __init__(self, dim=5, batch=3, seed=0):
+        rng = np.random.default_rng(seed)
+        w = rng.normal(size=(dim, dim))
+        self.w = tf.Variable(0.6 * w / np.linalg.norm(w, 2))
+        self.u = tf.Variable(rng.normal(size=(dim, dim)))
+        self.b = tf.Variable(0.1 * rng.normal(size=dim))
+        self.x = tf.constant(rng.normal(size=(batch, dim)))
+        self.c = tf.constant(rng.normal(size=(batch, dim)))
+
+    def fn(self, z, x):
+        return tf.tanh(z @ self.w + x @ self.u + self.b)
+
+    def run(self, jit_cell, fn=None, **kwargs):
+        """A traced solve: ``[z*, dL/dx, dL/dW, dL/dU, dL/db]`` and the path taken."""
+        box = {}
+
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch(self.x)
+                result = ki.ops.fixed_point(fn or self.fn, self.x, tf.zeros_like(self.x),
+                                            tol=1e-12, max_iter=200, jit_cell=jit_cell,
+                                            **kwargs)
+                loss = tf.reduce_sum(result.z * self.c)
+            box["compiled"] = result.stats.compiled
+            grads = tape.gradient(loss, [self.x, self.w, self.u, self.b])
+            return [result.z] + grads
+
+        return [v.numpy() for v in run()], box["compiled"]
+
+
+CASES = [("anderson", "implicit"), ("broyden", "implicit"), ("picard", "implicit"),
+         ("anderson", "phantom"), ("anderson", "unrolled")]
+
+
+@pytest.mark.parametrize("solver,gradient", CASES)
+def test_every_path_gives_the_same_fixed_point_and_gradients(solver, gradient):
+    problem = Tanh()
+    reference, path = problem.run(False, solver=solver, gradient=gradient)
+    assert path == "none"
+    for jit_cell, expected in (("auto", "none" if gradient == "unrolled" else "solve"),
+                               (True, "cell")):
+        values, path = problem.run(jit_cell, solver=solver, gradient=gradient)
+        assert path == expected
+        for a, b in zip(reference, values):
+            np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=str(jit_cell))
+
+
+def test_auto_leaves_convolutional_cells_and_eager_calls_uncompiled():
+    cell = DEQConvCell(hidden_channels=4, groups=2, dtype="float64")
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 4, 4, 2)))
+    cell.build(x.shape, x.shape)
+    box = {}
+
+    @tf.function
+    def run():
+        result = ki.ops.fixed_point(cell, x, tf.zeros_like(x), tol=1e-8)
+        box["compiled"] = result.stats.compiled
+        return result.z
+
+    traced = run()
+    assert box["compiled"] == "none"
+    problem = Tanh()
+    eager = ki.ops.fixed_point(problem.fn, problem.x, tf.zeros_like(problem.x))
+    assert eager.stats.compiled == "none"  # nothing to amortize a compilation over
+    assert traced.shape == x.shape
+
+
+def test_auto_falls_back_with_one_warning_for_a_cell_xla_cannot_compile():
+    problem = Tanh()
+
+    def cell(z, x):
+        # (no inputs: a py_function's gradient cannot be taken twice from a persistent tape,
+        # as the implicit backward solve does, compiled or not)
+        one = tf.py_function(lambda: tf.constant(1.0, tf.float64), [], tf.float64)
+        return problem.fn(z, x) * one
+
+    with pytest.warns(UserWarning, match="cell.*does not compile with XLA.*EagerPyFunc") as log:
+        values, path = problem.run("auto", fn=cell)
+    assert path == "none"
+    assert len([w for w in log if "XLA" in str(w.message)]) == 1
+    reference, _ = problem.run(False, fn=cell)
+    for a, b in zip(reference, values):
+        np.testing.assert_array_equal(b, a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        problem.run(False, fn=cell)  # False is silent
+
+
+def test_the_deq_keeps_auto_in_its_config_and_reports_the_path(tmp_path):
+    x = np.random.default_rng(3).normal(size=(8, 4)).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), ki.layers.DEQ(
+        DEQDenseCell(), state_shape=(6,), tol=1e-5, name="deq"), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(x, x[:, :1], epochs=1, batch_size=8, verbose=0)
+    deq = model.get_layer("deq")
+    assert deq.jit_cell == "auto" and deq.get_config()["jit_cell"] == "auto"
+    assert deq.compiled_path == "solve"
+    path = os.path.join(tmp_path, "deq.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True).get_layer("deq")
+    assert loaded.jit_cell == "auto" and loaded.compiled_path is None  # decided when traced
+    np.testing.assert_array_equal(loaded(x).numpy(), deq(x).numpy())  # eager: uncompiled
