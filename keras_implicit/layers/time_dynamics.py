@@ -20,10 +20,23 @@ def takes_time(layer):
 
 
 def call_dynamics(layer, state, t, time_dependent=None):
-    """``layer(state, t=t)`` if it takes time, else ``layer(state)``."""
+    """``layer(state, t=t)`` if it takes time, else ``layer(state)``, in the layer's compute dtype.
+
+    ``state`` and ``t`` are cast to the layer's compute dtype and the output back
+    to the state's dtype: under a mixed policy, float16 or bfloat16 dynamics of a
+    float32 state (``solve_precision.check_compatible`` refuses other pairs).
+    """
     if time_dependent is None:
         time_dependent = takes_time(layer)
-    return layer(state, t=t) if time_dependent else layer(state)
+    dtype = keras.backend.standardize_dtype(state.dtype)
+    compute = layer.compute_dtype
+    if compute != dtype:
+        state = ops.cast(state, compute)
+        if t is not None:
+            t = ops.cast(t, compute)
+    out = layer(state, t=t) if time_dependent else layer(state)
+    # Same dtypes: the output is left as it is, for the callers' dtype checks.
+    return out if compute == dtype else ops.cast(out, dtype)
 
 
 def _time_column(inputs, t):

@@ -1,0 +1,73 @@
+"""NeuralODE and DEQ under mixed_float16 and mixed_bfloat16: the float32 results to a few
+eps of the compute dtype (tolerances: ``precision_cases``), with the loss scale of
+mixed_float16's LossScaleOptimizer in the gradient."""
+
+import numpy as np
+import pytest
+
+import keras_implicit as ki
+import precision_cases as pc
+
+ODE_CASES = {"dopri5-adjoint": ("dopri5", "adjoint"), "bosh3-backprop": ("bosh3", "backprop"),
+             "rk4-adjoint": ("rk4", "adjoint"), "dopri5-checkpointed": ("dopri5", "checkpointed")}
+LOSS_SCALE = {"mixed_float16": 2.0**15, "mixed_bfloat16": 1.0}  # Keras's initial scale
+
+
+def _check_against_float32(make, policy, layer_name):
+    x, _ = pc.data()
+    reference, model = pc.twin(make, policy)
+    layer = model.get_layer(layer_name)
+    assert layer.compute_dtype == pc.COMPUTE[policy] and layer.variable_dtype == "float32"
+    expected, expected_grads = pc.output_and_gradients(reference, x)
+    out, grads = pc.output_and_gradients(model, x, LOSS_SCALE[policy])
+    assert np.all(np.isfinite(grads))
+    pc.assert_close_in_eps(out, expected, policy, pc.STATE_RTOL, f"{layer_name} output")
+    pc.assert_norm_close_in_eps(grads, expected_grads, policy, pc.GRADIENT_RTOL,
+                                f"{layer_name} gradient")
+    assert model(x).dtype == pc.COMPUTE[policy]
+    return layer
+
+
+@pytest.mark.parametrize("case", list(ODE_CASES))
+def test_neural_ode_matches_float32(policy, case):
+    solver, gradient = ODE_CASES[case]
+    layer = _check_against_float32(lambda: pc.ode_model(solver, gradient), policy, "ode")
+    stats = layer.solver_stats()
+    assert int(stats["nfe_forward"]) > 0
+    assert (int(stats["nfe_backward"]) > 0) == (gradient == "adjoint")
+    if gradient == "adjoint":
+        # The loss scale cannot fool a normalized adjoint: float16's default.
+        expected = ki.ops.Adjoint(normalize=policy == "mixed_float16")
+        assert layer._solve_kwargs["gradient"] == expected
+        assert layer.gradient == ki.ops.Adjoint()  # what get_config saves
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden", "picard"])
+def test_deq_matches_float32(policy, solver):
+    layer = _check_against_float32(lambda: pc.deq_model(solver), policy, "deq")
+    stats = layer.solver_stats()
+    assert int(stats["converged"]) == 1
+    assert float(stats["residual"]) <= pc.EPS[policy]  # the floored tolerance
+    assert int(stats["iterations_backward"]) > 0
+
+
+def test_half_dynamics_in_a_float32_layer(policy):
+    """A float32 NeuralODE/DEQ may hold mixed-policy dynamics/cell: the state stays float32,
+    the evaluations are half precision, and the tolerance is floored for them."""
+    x, _ = pc.data(features=8)
+    dynamics = ki.layers.ConcatDense(8, activation="tanh")
+    with pytest.warns(UserWarning, match="rtol=1e-06 is below"):
+        layer = ki.layers.NeuralODE(dynamics, rtol=1e-6, dtype="float32")
+    out = layer(x)
+    assert out.dtype == "float32" and dynamics.compute_dtype == pc.COMPUTE[policy]
+    cell = ki.layers.DEQDenseCell()
+    with pytest.warns(UserWarning, match="tol=1e-06 is below"):
+        deq = ki.layers.DEQ(cell, tol=1e-6, dtype="float32")
+    assert deq(x).dtype == "float32"
+
+
+def test_a_float64_layer_refuses_float32_dynamics():
+    with pytest.raises(TypeError, match="create the dynamics with dtype='float64'"):
+        ki.layers.NeuralODE(ki.layers.ConcatDense(2), dtype="float64")
+    with pytest.raises(TypeError, match="create the cell with dtype='float64'"):
+        ki.layers.DEQ(ki.layers.DEQDenseCell(), dtype="float64")
