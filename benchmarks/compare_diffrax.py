@@ -21,7 +21,8 @@ the other runs): per call, one solve as its own compiled call (mean of
 inside ONE compiled call (``tf.while_loop`` in a ``tf.function``;
 ``jax.lax.fori_loop`` in ``jax.jit``) / 20, the one that matters inside a
 training step; f, one evaluation inside a compiled loop of chained ones.
-Ours runs three compile policies: the defaults (TensorFlow graph),
+Ours runs the defaults first (``jit_dynamics="auto"``: for this dynamics the
+whole solve compiled by XLA), then ``jit_dynamics=False`` (TensorFlow's graph),
 ``jit_dynamics=True`` (f in XLA, the solver loop in the graph) and the whole
 function under ``tf.function(jit_compile=True)``. Also printed: NFE of the
 first solve and mean NFE of the loop's solves (diffrax's counted by a callback
@@ -145,9 +146,9 @@ def tensorflow_side(npz_path):
              bias=layer.dense.bias.numpy())
 
     def solve(y, jit_dynamics):
+        options = {} if jit_dynamics is None else {"jit_dynamics": jit_dynamics}
         result = ki.ops.odeint(lambda t, s: layer(s, t=t), y, [0.0, 1.0], solver="dopri5",
-                               rtol=RTOL, atol=ATOL, max_num_steps=MAX_STEPS,
-                               jit_dynamics=jit_dynamics)
+                               rtol=RTOL, atol=ATOL, max_num_steps=MAX_STEPS, **options)
         return result.states[-1], result.stats.forward_nfe
 
     def compiled(jit_dynamics, jit_compile):
@@ -165,7 +166,8 @@ def tensorflow_side(npz_path):
             lambda i, y: i < CHAINED, lambda i, y: (i + 1, layer(y, t=t)), (0, y))[1],
             jit_compile=jit_compile)
 
-    variants = {"ki defaults": compiled(False, False), "ki jit_dynamics": compiled(True, False),
+    variants = {"ki defaults": compiled(None, False), "ki jit_dynamics=False":
+                compiled(False, False), "ki jit_dynamics=True": compiled(True, False),
                 "ki jit_compile": compiled(False, True)}
     return layer, x, variants, {"graph": chain(False), "xla": chain(True)}
 
@@ -229,7 +231,8 @@ def main(argv=None):
     outputs["diffrax"] = (jax_out["y1"], jax_out["y_loop"], info["nfe"], info["nfe_loop"])
     rows = []
     for name, (y1, y_loop, nfe, nfe_loop) in outputs.items():
-        executor = {"ki defaults": "graph", "diffrax": "jax"}.get(name, "xla")
+        # Where f runs: the defaults compile this dynamics' whole solve with XLA.
+        executor = {"ki jit_dynamics=False": "graph", "diffrax": "jax"}.get(name, "xla")
         call, loop = median(samples[name]["call"]), median(samples[name]["loop"])
         rows.append({
             "impl": name, "call_seconds": call, "loop_seconds_per_solve": loop,

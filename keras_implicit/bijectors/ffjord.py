@@ -90,7 +90,7 @@ class FFJORD(tfp.bijectors.Bijector):
     def __init__(self, dynamics, t0=0.0, t1=1.0, solver="dopri5", rtol=1e-5, atol=1e-5,
                  trace="hutchinson", noise="rademacher", num_probes=1, gradient="adjoint",
                  regularizers=(), event_shape=None, num_steps=None, max_num_steps=10_000,
-                 step_control=None, jit_dynamics=False, on_failure="raise",
+                 step_control=None, jit_dynamics="auto", on_failure="raise",
                  validate_args=False, name="ffjord"):
         parameters = dict(locals())
         if not isinstance(dynamics, keras.layers.Layer):

@@ -39,9 +39,9 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         return_sequences: return the state at every solution time,
             ``(batch, T, ...)``, instead of the state at ``t1``.
         max_num_steps: bound on the steps of one solve.
-        jit_dynamics: compile the dynamics (and the adjoint's vector-Jacobian
-            product) with XLA while the solver loop stays in TensorFlow (see
-            ``ki.ops.odeint``).
+        jit_dynamics: ``"auto"`` (default), ``True`` or ``False``: what XLA
+            compiles (see ``ki.ops.odeint``). The config keeps ``"auto"``,
+            decided again on each machine and at each trace.
         step_control: the step-size controller of adaptive solvers (``None``:
             ``ki.solvers.IController()``; ``ki.solvers.PIDController(...)``;
             both take ``min_step``, ``max_step``, ``jump_times``).
@@ -96,7 +96,7 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
 
     def __init__(self, dynamics, t0=0.0, t1=1.0, solver="dopri5", rtol=1e-3, atol=1e-3,
                  num_steps=None, gradient="adjoint", solution_times=None,
-                 return_sequences=False, max_num_steps=10_000, jit_dynamics=False,
+                 return_sequences=False, max_num_steps=10_000, jit_dynamics="auto",
                  step_control=None, on_failure="raise", event=None, return_events=False,
                  **kwargs):
         super().__init__(**kwargs)

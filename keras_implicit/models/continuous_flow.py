@@ -75,7 +75,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
                  t0=0.0, t1=1.0, solver="dopri5", rtol=1e-5, atol=1e-5, trace="hutchinson",
                  noise="rademacher", num_probes=1, gradient="adjoint", kinetic_energy_weight=0.0,
                  jacobian_frobenius_weight=0.0, num_steps=None, max_num_steps=10_000,
-                 step_control=None, jit_dynamics=False, on_failure="raise", seed=None, **kwargs):
+                 step_control=None, jit_dynamics="auto", on_failure="raise", seed=None, **kwargs):
         super().__init__(**kwargs)
         if dynamics is None:
             num_blocks = validation.positive_int("num_blocks", num_blocks)

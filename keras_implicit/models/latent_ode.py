@@ -91,7 +91,7 @@ class LatentODE(keras.Model):
                  solver="dopri5", rtol=1e-3, atol=1e-4, num_steps=None, gradient="adjoint",
                  max_num_steps=10_000, observation_std=0.1, learn_observation_std=False,
                  kl_weight=1.0, encoder_solver="rk4", encoder_num_steps=4, seed=None,
-                 step_control=None, jit_dynamics=False, on_failure="raise", **kwargs):
+                 step_control=None, jit_dynamics="auto", on_failure="raise", **kwargs):
         super().__init__(**kwargs)
         self.obs_dim = validation.positive_int("obs_dim", obs_dim)
         self.latent_dim = validation.positive_int("latent_dim", latent_dim)

@@ -266,7 +266,8 @@ def _event_cotangents(problem, result, variables, grad_states, grad_event_times,
                                    unconnected_gradients=zero) if variables else []
     del tape
     mask = _time_mask(t_star, fired)
-    jumps = tf.boolean_mask(t_star, fired)
+    # Samples without an event jump at the end time, which is no jump (a static shape).
+    jumps = tf.where(fired, t_star, tf.fill(tf.shape(t_star), problem.times[-1]))
     return grad_states, a_star, [tf.convert_to_tensor(x) for x in variable_grads], mask, jumps
 
 
@@ -324,10 +325,9 @@ def _solve_backward(problem, adjoint, result, params, variables, grad_states, gr
         local = options._replace(num_steps=solver.backward_num_steps(options.num_steps, times,
                                                                      i - 1))
         tau = tf.stack([-times[i], -times[i - 1]])
-        out = solver.integrate(dynamics, aug0, tau, local, error_mask=error_mask,
-                               first_step=first_step if solver.adaptive else None,
-                               step_fn_wrapper=problem.step_fn_wrapper,
-                               jump_times=backward_jumps)
+        out = problem._replace(solver=solver).integrate(
+            dynamics, aug0, tau, local, error_mask=error_mask,
+            first_step=first_step if solver.adaptive else None, jump_times=backward_jumps)
         st = out.stats
         final = [x[-1] for x in out.states]
         if normalize:

@@ -26,8 +26,8 @@ from keras_implicit.solvers.registry import Registry
 
 class ODEProblem(collections.namedtuple("ODEProblem", [
         "fn", "y0", "params", "times", "solver", "solver_options", "first_step", "event_fn",
-        "dense", "jump_times", "dynamics_wrapper", "step_fn_wrapper", "on_backward",
-        "on_failure", "compiled", "time_sign"])):
+        "dense", "jump_times", "dynamics_wrapper", "step_fn_wrapper", "solve_wrapper",
+        "on_backward", "on_failure", "compiled", "time_sign"])):
     """A prepared solve, as ``odeint`` hands it to a gradient strategy.
 
     Attributes:
@@ -41,8 +41,8 @@ class ODEProblem(collections.namedtuple("ODEProblem", [
         event_fn: ``event_fn(t, y) -> (batch,)`` on flat states, or ``None``.
         dense: whether to keep the dense solution.
         jump_times: 1-D tensor of jump times (solve coordinate) or ``None``.
-        dynamics_wrapper, step_fn_wrapper: compile the dynamics / the solver's
-            step (``ops.jit``), or ``None``.
+        dynamics_wrapper, step_fn_wrapper, solve_wrapper: compile the
+            dynamics / the solver's trial step / a whole solve (``ops.jit``), or ``None``.
         on_backward: called with the ``ODEStats`` after a backward solve.
         on_failure: ``"raise"``, ``"warn"`` or ``"ignore"`` (backward solves).
         compiled: the name of the compiled path, for the statistics.
@@ -62,12 +62,21 @@ class ODEProblem(collections.namedtuple("ODEProblem", [
     def solve(self, fn, y0=None, times=None, **overrides):
         """Runs the problem's solver on ``fn`` (a ``SolveResult``); keywords override options."""
         arguments = dict(first_step=self.first_step, dense=self.dense, event_fn=self.event_fn,
-                         step_fn_wrapper=self.step_fn_wrapper, jump_times=self.jump_times)
+                         jump_times=self.jump_times)
         options = overrides.pop("solver_options", self.solver_options)
         arguments.update(overrides)
-        return self.solver.integrate(fn, list(self.y0 if y0 is None else y0),
-                                     self.times if times is None else times, options,
-                                     **arguments)
+        return self.integrate(fn, list(self.y0 if y0 is None else y0),
+                              self.times if times is None else times, options, **arguments)
+
+    def integrate(self, fn, y0, times, options, **arguments):
+        """``solver.integrate`` with the plan's step compilation, or compiled whole."""
+        def run(y0, times):
+            return self.solver.integrate(fn, list(y0), times, options,
+                                         step_fn_wrapper=self.step_fn_wrapper, **arguments)
+
+        if self.solve_wrapper is not None:
+            run = self.solve_wrapper(run)
+        return run(list(y0), times)
 
 
 class ODEGradient:

@@ -40,7 +40,7 @@ class ODEOptions:
     """
 
     def __init__(self, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=None,
-                 gradient="adjoint", max_num_steps=10_000, step_control=None, jit_dynamics=False,
+                 gradient="adjoint", max_num_steps=10_000, step_control=None, jit_dynamics="auto",
                  on_failure="raise"):
         self.solver = solver_base.get(solver)
         self.gradient = ode_gradients.get(gradient)

@@ -15,7 +15,7 @@ from keras_implicit.solvers import state as state_ops
 def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=None,
            gradient="adjoint", params=None, max_num_steps=10_000, first_step=None,
            step_control=None, event_fn=None, dense=False, on_failure="raise", on_backward=None,
-           jit_dynamics=False):
+           jit_dynamics="auto"):
     """Integrates ``dy/dt = fn(t, y)`` and returns the state at ``times``.
 
     Args:
@@ -59,11 +59,17 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
             failed solve (forward or adjoint) does; the status is in ``stats``.
         on_backward: called with the ``ODEStats`` once the backward (adjoint)
             solve has run, e.g. to record its NFE into variables.
-        jit_dynamics: compile ``fn`` with XLA (and, under the adjoint, the
-            backward solve's vector-Jacobian product), while the solver's loop
-            stays in TensorFlow's graph. XLA fuses the dynamics' small ops: on
-            the MNIST ODE block on CPU an evaluation takes 4.4 ms instead of
-            12.2 ms. Costs a compilation (about 1-2 s) per input shape.
+        jit_dynamics: ``"auto"`` (default), ``True`` or ``False``: how much of
+            the solve XLA compiles (``ki.ops.jit.plan_ode`` states the rule).
+            ``"auto"`` decides when the call is traced (``tf.function``,
+            ``fit``; eager calls run uncompiled): convolutional dynamics are
+            compiled alone (the solver loop stays in TensorFlow's graph),
+            other dynamics under the adjoint get the whole solve compiled,
+            and dynamics XLA cannot compile fall back with one warning.
+            ``True`` compiles the dynamics (and the adjoint's vector-Jacobian
+            product) and fails loudly; ``False`` compiles nothing.
+            ``stats.compiled`` says which path ran. A compilation costs about
+            a second per input shape.
 
     Returns:
         An ``ODEResult``: ``states`` (structure of ``y0``, leading time axis of
@@ -119,18 +125,24 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
     def flat_event_fn(s, y):
         return event_fn(sign * s, tf.nest.pack_sequence_as(y0, [tf.cast(v, dtype) for v in y]))
 
-    dynamics_wrapper, step_fn_wrapper, compiled = jit_lib.ode_wrappers(options.jit_dynamics)
+    solve_y0 = [tf.cast(y, solve_dtype) for y in flat_y0]
+    plan = jit_lib.plan_ode(options.jit_dynamics, options.solver, options.gradient, flat_fn,
+                            tf.zeros([], solve_dtype), solve_y0, flat_params, dense=dense,
+                            static_times=times.shape[0] is not None)
     problem = ODEProblem(
-        fn=flat_fn, y0=[tf.cast(y, solve_dtype) for y in flat_y0], params=flat_params,
+        fn=flat_fn, y0=solve_y0, params=flat_params,
         times=times * sign if not (static_sign and sign == 1) else times,
         solver=options.solver,
         solver_options=options.solver_options(options.resolvable_rtol(dtype)),
         first_step=first_step, event_fn=None if event_fn is None else flat_event_fn, dense=dense,
-        jump_times=None if jumps is None else jumps * sign, dynamics_wrapper=dynamics_wrapper,
-        step_fn_wrapper=step_fn_wrapper, on_backward=on_backward, on_failure=options.on_failure,
-        compiled=compiled, time_sign=sign)
+        jump_times=None if jumps is None else jumps * sign,
+        dynamics_wrapper=plan.dynamics_wrapper, step_fn_wrapper=plan.step_fn_wrapper,
+        solve_wrapper=plan.solve_wrapper, on_backward=on_backward,
+        on_failure=options.on_failure, compiled=plan.kind, time_sign=sign)
     result, stats = options.gradient.integrate(problem)
-    stats.final_time = sign * stats.final_time
+    forward_in_time = static_sign and sign == 1
+    if not forward_in_time:
+        stats.final_time = sign * stats.final_time
     flat_states = failure.report(
         stats.status, options.on_failure, "ode",
         f"odeint: the forward solve with solver {options.solver.name!r} failed",

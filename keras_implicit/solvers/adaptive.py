@@ -219,7 +219,14 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
                                            end["dense_count"])
         return values
 
-    def _write_outputs(self, state, accept, t, h, t_new, coefficients):
+    def _write_outputs(self, state, accept, t, h, t_new, y_new, coefficients):
+        """Writes the outputs at requested times in ``(t, t_new]`` of an accepted step.
+
+        ``coefficients`` is a function: the step's polynomial is built only
+        when a requested time falls strictly inside the step (an output at
+        the step's end is ``y_new`` itself), so steps without outputs cost no
+        interpolation, in the forward pass or its gradient.
+        """
         times, num_times = self.times, self.num_times
 
         def cond(i, _):
@@ -228,7 +235,9 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
 
         def body(i, outs):
             theta = (times[i] - t) / h
-            values = interpolation.evaluate(coefficients, tf.minimum(theta, 1.0))
+            values = tf.cond(
+                theta >= 1.0, lambda: [tf.identity(v) for v in y_new],
+                lambda: interpolation.evaluate(coefficients(), theta))
             if self.tracker is not None:
                 values = self.tracker.hold(state["events"], times[i], values)
             return i + 1, [ta.write(i, v) for ta, v in zip(outs, values)]
@@ -261,15 +270,23 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
         accept = accept | (at_min_step & finite)
         t_new = tf.where(lands, target, t + h)
         new = dict(state)
-        coefficients = interpolation.coefficients(y, y_new, f, f_new, h, y_mid)
+
+        def polynomial(y_end=y_new, f_end=f_new):
+            return interpolation.coefficients(y, y_end, f, f_end, h, y_mid)
+
+        # Events and the dense solution need every accepted step's polynomial.
+        coefficients = None
+        if self.tracker is not None or self.recorder is not None:
+            coefficients = polynomial()
         if self.tracker is not None:
             new["events"], y_new = self.tracker.update(state["events"], accept, t, h, t_new,
                                                        y_new, coefficients)
             # A sample frozen at its event carries a zero derivative from now on.
             f_new = [events_lib.batch_where(new["events"]["fired"], tf.zeros_like(v), v)
                      for v in f_new]
-        new["out_index"], new["outputs"] = self._write_outputs(new, accept, t, h, t_new,
-                                                               coefficients)
+        new["out_index"], new["outputs"] = self._write_outputs(
+            new, accept, t, h, t_new, y_new,
+            polynomial if coefficients is None else (lambda: coefficients))
         if self.recorder is not None:
             new["dense_count"], new["dense"] = self.recorder.record(
                 state["dense_count"], state["dense"], accept, t, h, coefficients)
@@ -345,12 +362,14 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
 
 
 def _inner_jumps(jump_times, t0, t_end, dtype):
-    """The jump times strictly inside ``(t0, t_end)``, sorted (a 1-D tensor)."""
+    """The jump times strictly inside ``(t0, t_end)`` in increasing order, then ``t_end``
+    for each of the others (a 1-D tensor of static length, as XLA needs): a jump at
+    ``t_end`` is no jump."""
     if jump_times is None:
         return tf.zeros([1], dtype)
-    jumps = tf.sort(tf.reshape(tf.cast(jump_times, dtype), [-1]))
-    jumps = tf.boolean_mask(jumps, (jumps > t0) & (jumps < t_end))
-    # One spare entry past the end keeps the indexing in bounds when none is left.
+    jumps = tf.reshape(tf.cast(jump_times, dtype), [-1])
+    jumps = tf.sort(tf.where((jumps > t0) & (jumps < t_end), jumps, t_end))
+    # One spare entry at the end keeps the indexing in bounds when none is left.
     return tf.concat([jumps, tf.reshape(t_end, [1])], 0)
 
 

@@ -184,11 +184,12 @@ def test_bad_arguments():
         ({"gradient": "adjoint"}, "Received: gradient='adjoint'"),
         ({"jacobian_penalty": -0.1}, "Received: jacobian_penalty=-0.1"),
         ({"state_shape": (0, 3)}, r"Received: state_shape=\(0, 3\)"),
-        ({"backward_tol": 0.0}, "backward_tol"),
         ({"on_failure": "print"}, "Received: on_failure='print'"),
     ]:
         with pytest.raises(ValueError, match=message):
             ki.layers.DEQ(cell, **kwargs)
+    with pytest.raises(TypeError, match=r"\['backward_tol'\] are no longer DEQ arguments"):
+        ki.layers.DEQ(cell, backward_tol=0.0)
     with pytest.raises(TypeError, match="Received: gradient=<class"):
         ki.layers.DEQ(cell, gradient=ki.ops.Implicit)
     with pytest.raises(TypeError, match="Received: jit_cell='yes'"):

@@ -150,7 +150,7 @@ def test_fixed_grid_gradients_are_those_of_the_discretisation(method):
             grad_a, _, _ = gradients(method, "adjoint", a, c, times, weights, np.float64, 1e-3,
                                      num_steps=num_steps, max_num_steps=1000)
             continuous, _, scale = closed_form(a, c, times, weights)
-            bound = (abs(a) * max(sizes)) ** 4 * scale + 1e-9 * scale
+            bound = (abs(a) * np.max(np.abs(sizes))) ** 4 * scale + 1e-9 * scale
             assert abs(grad_a - continuous) <= bound, (grad_a, continuous, bound)
 
     check()
