@@ -168,7 +168,7 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
         tol=options.resolvable_tol(dtype), max_iter=options.max_iter,
         stop_mode=options.stop_mode, on_failure=options.on_failure, on_backward=on_backward,
         cell_wrapper=(lambda cell: maybe_jit(cell, True)) if options.jit_cell is True else None,
-        compiled="cell" if options.jit_cell is True else "none")
+        compiled="cell" if options.jit_cell is True else "none", state_dtype=dtype)
     z_rows, stats = options.gradient.solve(problem)
     z = tf.reshape(tf.cast(z_rows, dtype), z_dynamic_shape)
     if z_shape.rank is not None:
