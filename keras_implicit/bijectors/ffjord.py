@@ -67,7 +67,7 @@ class FFJORD(tfp.bijectors.Bijector):
     Hutchinson probes are float32. Outputs have the input's dtype, the
     log-determinants and regularisers the state's. An ``rtol`` below the
     dynamics' machine epsilon is floored with one warning, and float16
-    dynamics make the default adjoint ``Adjoint(normalize=True)``
+    dynamics make ``gradient="adjoint"`` (the name) ``Adjoint(normalize=True)``
     (``keras_implicit.layers.solve_precision``).
 
     Example:
@@ -107,7 +107,8 @@ class FFJORD(tfp.bijectors.Bijector):
         self._owner = solve_precision.describe(dynamics, f"FFJORD {name!r} with dynamics")
         # The options of every solve with these dynamics (one warning, here).
         self._solve_kwargs = solve_precision.ode_solve_kwargs(
-            self._options, dynamics.compute_dtype, self._owner, remedy="create the dynamics")
+            self._options, dynamics.compute_dtype, self._owner, remedy="create the dynamics",
+            gradient=gradient)
         self._trace = aug.check_trace_method(trace)
         self._noise = trace_lib.check_noise_kind(noise)
         self._num_probes = validation.positive_int("num_probes", num_probes)

@@ -72,8 +72,9 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
     the output has the compute dtype, and ``solution_times`` keep full precision
     (they are not autocast). An ``rtol`` below the compute dtype's machine
     epsilon (the default 1e-3 under ``"mixed_bfloat16"``) is floored to it with
-    one warning, and under float16 ``gradient="adjoint"`` is
-    ``Adjoint(normalize=True)``, which Keras's loss scaling cannot fool
+    one warning, and under float16 ``gradient="adjoint"`` (the name) is
+    ``Adjoint(normalize=True)``, which Keras's loss scaling cannot fool; an
+    ``Adjoint(...)`` instance is used as given
     (``keras_implicit.layers.solve_precision``). ``get_config`` keeps the
     options as given.
 
@@ -128,7 +129,8 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         # The options of every solve under this layer's policy (one warning, here).
         self._solve_kwargs = solve_precision.ode_solve_kwargs(
             self.options, solve_precision.evaluation_dtype(self.compute_dtype,
-                                                           dynamics.compute_dtype), owner)
+                                                           dynamics.compute_dtype), owner,
+            gradient=gradient)
         # `call` casts the state to the compute dtype itself: autocasting would round
         # `solution_times` (times, not features) to float16 or bfloat16 as well.
         self.autocast = False

@@ -21,12 +21,14 @@ then differ from what the user wrote, and the layers (``NeuralODE``, ``DEQ``,
   gradient's. The adjoint's absolute tolerance then controls nothing useful
   (the backward solve takes several times the evaluations it takes in float32),
   and the cotangent enters the float16 vector-Jacobian products, where it
-  overflows into a failed backward solve. So the default ``gradient="adjoint"``
-  (any ``Adjoint`` equal to ``Adjoint()``) becomes ``Adjoint(normalize=True)``
-  when the dynamics run in float16: the backward solve runs on the cotangent
-  over its RMS, which a power-of-two loss scale leaves bit for bit unchanged
-  (README, "Mixed precision", has the numbers). Any other ``Adjoint`` is used
-  as given. bfloat16 has float32's range and Keras does not scale its loss.
+  overflows sooner than the gradients themselves would (a skipped step, NaN
+  gradients: ``ops.failure.backward_overflow``). So the default, the name
+  ``gradient="adjoint"``, becomes ``Adjoint(normalize=True)`` when the dynamics
+  run in float16: the backward solve runs on the cotangent over its RMS, which
+  a power-of-two loss scale leaves bit for bit unchanged (README, "Mixed
+  precision", has the numbers and the cost). An ``Adjoint(...)`` instance (or
+  config) is used as given: ``Adjoint(normalize=False)`` opts out. bfloat16
+  has float32's range and Keras does not scale its loss.
 """
 
 import warnings
@@ -90,7 +92,7 @@ def _warn(owner, floored, dtype, part, remedy):
         f"dtype='float32'.", UserWarning, stacklevel=4)
 
 
-def ode_solve_kwargs(options, dtype, owner, part="dynamics", remedy=None):
+def ode_solve_kwargs(options, dtype, owner, part="dynamics", remedy=None, gradient=None):
     """The ``odeint`` keyword arguments of a layer whose dynamics run in ``dtype``.
 
     Args:
@@ -100,11 +102,13 @@ def ode_solve_kwargs(options, dtype, owner, part="dynamics", remedy=None):
         part: what the warning calls the evaluated function.
         remedy: what the warning asks to create with ``dtype='float32'`` (default:
             the layer and its ``part``).
+        gradient: the ``gradient`` argument as the user gave it: the name
+            ``"adjoint"`` is normalized under float16, an instance or config is not.
 
     Returns:
         ``options.as_kwargs()`` with ``rtol`` floored for adaptive solvers (fixed
         grids have no error control), an explicit ``Adjoint(rtol=...)`` floored
-        likewise, and the default adjoint normalized under float16.
+        likewise, and the adjoint given by name normalized under float16.
     """
     kwargs = options.as_kwargs()
     floored = []
@@ -113,10 +117,11 @@ def ode_solve_kwargs(options, dtype, owner, part="dynamics", remedy=None):
         if rtol != options.rtol:
             floored.append(("rtol", options.rtol, f"rtol={rtol:.3g}"))
             kwargs["rtol"] = rtol
+    by_name = isinstance(gradient, str)
     gradient = options.gradient
     if isinstance(gradient, Adjoint):
         config = gradient.get_config()
-        if tf.as_dtype(dtype) == tf.float16 and gradient == Adjoint():
+        if tf.as_dtype(dtype) == tf.float16 and by_name:
             config["normalize"] = True
         backward_solver = gradient.solver or options.solver
         if config["rtol"] is not None and backward_solver.adaptive:

@@ -99,7 +99,8 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         # block); get_config saves _ode_options.
         solve_kwargs = solve_precision.ode_solve_kwargs(
             self._ode_options, solve_precision.evaluation_dtype(
-                *[d.compute_dtype for d in dynamics]), solve_precision.describe(self))
+                *[d.compute_dtype for d in dynamics]), solve_precision.describe(self),
+            gradient=gradient)
         self.flow_options = {
             "t0": t0, "t1": t1, **solve_kwargs, "trace": trace, "noise": noise,
             "num_probes": num_probes,
