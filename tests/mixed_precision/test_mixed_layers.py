@@ -2,15 +2,22 @@
 eps of the compute dtype (tolerances: ``precision_cases``), with the loss scale of
 mixed_float16's LossScaleOptimizer in the gradient."""
 
+import math
+
+import keras
 import numpy as np
 import pytest
+import scipy.linalg
 
 import keras_implicit as ki
 import precision_cases as pc
 
+# The defaults floored here (DEQ's tol, bfloat16's rtol) warn: test_tolerance_floor checks that.
+pytestmark = pytest.mark.filterwarnings("ignore:.*below the machine epsilon:UserWarning")
+
 ODE_CASES = {"dopri5-adjoint": ("dopri5", "adjoint"), "bosh3-backprop": ("bosh3", "backprop"),
              "rk4-adjoint": ("rk4", "adjoint"), "dopri5-checkpointed": ("dopri5", "checkpointed")}
-LOSS_SCALE = {"mixed_float16": 2.0**15, "mixed_bfloat16": 1.0}  # Keras's initial scale
+LOSS_SCALE = {"mixed_float16": 2.0**8, "mixed_bfloat16": 1.0}
 
 
 def _check_against_float32(make, policy, layer_name):
@@ -71,3 +78,53 @@ def test_a_float64_layer_refuses_float32_dynamics():
         ki.layers.NeuralODE(ki.layers.ConcatDense(2), dtype="float64")
     with pytest.raises(TypeError, match="create the cell with dtype='float64'"):
         ki.layers.DEQ(ki.layers.DEQDenseCell(), dtype="float64")
+
+
+# y' = y A (a damped rotation), y(1) = y0 expm(A); a fixed grid of N steps gives exactly
+# y0 S^N with S the method's polynomial in hA (a truncated Taylor series of expm(hA)).
+ROTATION = np.array([[-0.5, 1.0], [-1.0, -0.5]])
+TAYLOR_TERMS = {"euler": 1, "midpoint": 2, "rk4": 4}
+
+
+def _linear_ode(solver, policy, **kwargs):
+    dynamics = keras.layers.Dense(2, use_bias=False)
+    layer = ki.layers.NeuralODE(dynamics, solver=solver, jit_dynamics=False, **kwargs)
+    layer.build((None, 2))
+    dynamics.set_weights([ROTATION.astype("float32")])
+    return layer
+
+
+def _exact(solver, y0, num_steps):
+    if solver not in TAYLOR_TERMS:
+        return y0 @ scipy.linalg.expm(ROTATION)
+    step = ROTATION / num_steps
+    terms = [np.linalg.matrix_power(step, k) / math.factorial(k)
+             for k in range(TAYLOR_TERMS[solver] + 1)]
+    return y0 @ np.linalg.matrix_power(sum(terms), num_steps)
+
+
+def _check_exact(solver, policy):
+    y0 = np.random.default_rng(0).normal(size=(8, 2)).astype("float32")
+    eps = pc.EPS[policy]
+    if solver in TAYLOR_TERMS:
+        layer, bound = _linear_ode(solver, policy, num_steps=8), pc.STATE_RTOL
+    else:
+        # rtol = atol = eps: the tightest solve the dtype resolves. An adaptive method's
+        # global error is a few times its local tolerance (bosh3 measured: 3.3 eps).
+        layer, bound = _linear_ode(solver, policy, rtol=eps, atol=eps), pc.STATE_RTOL + 4
+    out = layer(y0)
+    assert out.dtype == pc.COMPUTE[policy]
+    pc.assert_close_in_eps(np.asarray(out, np.float64), _exact(solver, y0, 8), policy, bound,
+                           f"{solver} against the exact solution")
+
+
+def test_every_solver_meets_the_exact_solution(policy):
+    """Each solver of ours and TFP's dopri5 on a linear ODE with a closed form."""
+    for solver in ("dopri5", "bosh3", "tfp_dopri5", "rk4", "midpoint", "euler"):
+        _check_exact(solver, policy)
+
+
+def test_tfp_bdf_in_bfloat16():
+    """bfloat16 once failed in every solver (np.finfo refuses it); BDF is the slowest."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    _check_exact("bdf", "mixed_bfloat16")
