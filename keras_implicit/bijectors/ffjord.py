@@ -8,7 +8,7 @@ from tensorflow_probability.python.internal import cache_util
 from keras_implicit import validation
 from keras_implicit.bijectors import augmented_dynamics as aug
 from keras_implicit.layers import solve_precision
-from keras_implicit.layers.time_dynamics import call_dynamics, takes_time
+from keras_implicit.layers.time_dynamics import call_dynamics, compute_dtype, takes_time
 from keras_implicit.ops import trace as trace_lib
 from keras_implicit.ops.ode_options import ODEOptions
 from keras_implicit.solvers import state as state_ops
@@ -107,7 +107,7 @@ class FFJORD(tfp.bijectors.Bijector):
         self._owner = solve_precision.describe(dynamics, f"FFJORD {name!r} with dynamics")
         # The options of every solve with these dynamics (one warning, here).
         self._solve_kwargs = solve_precision.ode_solve_kwargs(
-            self._options, dynamics.compute_dtype, self._owner, remedy="create the dynamics",
+            self._options, compute_dtype(dynamics), self._owner, remedy="create the dynamics",
             gradient=gradient)
         self._trace = aug.check_trace_method(trace)
         self._noise = trace_lib.check_noise_kind(noise)
@@ -249,7 +249,7 @@ class FFJORD(tfp.bijectors.Bijector):
         # The state of the solve: float32 for half-precision inputs (the log-determinant
         # accumulates there), else the input's dtype; the dynamics must fit it.
         state_dtype = state_ops.control_dtype(x.dtype)
-        solve_precision.check_compatible("dynamics", self._dynamics.compute_dtype, state_dtype,
+        solve_precision.check_compatible("dynamics", compute_dtype(self._dynamics), state_dtype,
                                          self._owner)
         event = self._event
         batch_shape = tf.shape(x)[: x.shape.rank - len(event)]

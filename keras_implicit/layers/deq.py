@@ -9,6 +9,7 @@ from keras_implicit import validation
 from keras_implicit.layers import deq_cells  # noqa: F401  (registers the cells for loading)
 from keras_implicit.layers import solve_precision
 from keras_implicit.layers.solver_stats import SolverStatsMixin
+from keras_implicit.layers.time_dynamics import compute_dtype
 from keras_implicit.ops.fixed_point import FixedPointOptions, fixed_point
 from keras_implicit.ops.fixed_point_gradients import Phantom
 from keras_implicit.ops.implicit_gradient import Implicit
@@ -137,11 +138,11 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
         self.options = FixedPointOptions(solver, tol, max_iter, stop_mode, gradient, on_failure,
                                          jit_cell)
         owner = solve_precision.describe(self)
-        solve_precision.check_compatible("cell", cell.compute_dtype, self.compute_dtype, owner)
+        solve_precision.check_compatible("cell", compute_dtype(cell), self.compute_dtype, owner)
         # The options of every solve under this layer's policy (one warning, here).
         self._solve_kwargs = solve_precision.fixed_point_solve_kwargs(
             self.options, solve_precision.evaluation_dtype(self.compute_dtype,
-                                                           cell.compute_dtype), owner)
+                                                           compute_dtype(cell)), owner)
         self.jacobian_penalty = validation.nonnegative_float("jacobian_penalty",
                                                              jacobian_penalty)
         self.state_shape = validation.optional(validation.check_shape, "state_shape",

@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras_implicit import validation
 from keras_implicit.layers import solve_precision
 from keras_implicit.layers.solver_stats import SolverStatsMixin
-from keras_implicit.layers.time_dynamics import call_dynamics, takes_time
+from keras_implicit.layers.time_dynamics import call_dynamics, compute_dtype, takes_time
 from keras_implicit.ops.ode_gradients import Backprop
 from keras_implicit.ops.ode_options import ODEOptions
 from keras_implicit.ops.odeint import odeint
@@ -124,12 +124,12 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             raise ValueError("`return_events=True` needs an `event`. Received: event=None")
         self._time_dependent = takes_time(dynamics)
         owner = solve_precision.describe(self)
-        solve_precision.check_compatible("dynamics", dynamics.compute_dtype,
+        solve_precision.check_compatible("dynamics", compute_dtype(dynamics),
                                          self.compute_dtype, owner)
         # The options of every solve under this layer's policy (one warning, here).
         self._solve_kwargs = solve_precision.ode_solve_kwargs(
             self.options, solve_precision.evaluation_dtype(self.compute_dtype,
-                                                           dynamics.compute_dtype), owner,
+                                                           compute_dtype(dynamics)), owner,
             gradient=gradient)
         # `call` casts the state to the compute dtype itself: autocasting would round
         # `solution_times` (times, not features) to float16 or bfloat16 as well.

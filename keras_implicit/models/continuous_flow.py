@@ -11,7 +11,7 @@ from keras_implicit import validation
 from keras_implicit.bijectors.ffjord import FFJORD
 from keras_implicit.layers import solve_precision
 from keras_implicit.layers.solver_stats import SolverStatsMixin
-from keras_implicit.layers.time_dynamics import ConcatMLP
+from keras_implicit.layers.time_dynamics import ConcatMLP, compute_dtype
 from keras_implicit.ops import trace as trace_lib
 from keras_implicit.ops.ode_options import ODEOptions
 from keras_implicit.solvers import state as state_ops
@@ -99,7 +99,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         # block); get_config saves _ode_options.
         solve_kwargs = solve_precision.ode_solve_kwargs(
             self._ode_options, solve_precision.evaluation_dtype(
-                *[d.compute_dtype for d in dynamics]), solve_precision.describe(self),
+                *[compute_dtype(d) for d in dynamics]), solve_precision.describe(self),
             gradient=gradient)
         self.flow_options = {
             "t0": t0, "t1": t1, **solve_kwargs, "trace": trace, "noise": noise,
