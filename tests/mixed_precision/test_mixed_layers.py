@@ -128,3 +128,23 @@ def test_tfp_bdf_in_bfloat16():
     """bfloat16 once failed in every solver (np.finfo refuses it); BDF is the slowest."""
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     _check_exact("bdf", "mixed_bfloat16")
+
+
+def test_a_sequential_evaluates_in_its_layers_dtype(policy):
+    """A Keras model's own policy need not be its layers': a Sequential of float64 layers in a
+    float64 NeuralODE keeps float64 (the exact solution to 1e-12), one of mixed-policy
+    layers in a float32 layer evaluates in the compute dtype."""
+    y0 = np.random.default_rng(0).normal(size=(4, 2))
+    dense = keras.layers.Dense(2, use_bias=False, dtype="float64")
+    sequential = pc.under("float32", lambda: keras.Sequential([dense]))
+    layer = ki.layers.NeuralODE(sequential, rtol=1e-12, atol=1e-12, jit_dynamics=False,
+                                dtype="float64")
+    layer.build((None, 2))
+    dense.set_weights([ROTATION])
+    out = layer(y0)
+    assert out.dtype == "float64"
+    np.testing.assert_allclose(np.asarray(out), _exact("dopri5", y0, 8), rtol=1e-10)
+    half = keras.Sequential([keras.layers.Dense(2)])  # under the mixed global policy
+    assert ki.layers.time_dynamics.compute_dtype(half) == pc.COMPUTE[policy]
+    with pytest.raises(TypeError, match="create the dynamics with dtype='float64'"):
+        ki.layers.NeuralODE(half, dtype="float64")
