@@ -28,13 +28,25 @@ it once; only warm calls are timed.
   process; ``track_step_memory`` the step's own peak above what was held
   before (``keras_implicit.experiments.measure``).
 
+``SolverIterations`` and ``ForwardBackwardTime`` take the dtype policy as a
+parameter (``float32``, ``mixed_bfloat16``, ``mixed_float16``: the cell runs in
+the compute dtype, the solver in float32, ``tol`` floored to the compute
+dtype's epsilon; float16's loss is scaled by 2**15 as ``fit`` does);
+``ForwardBackwardTime`` skips ``mixed_float16`` without a GPU
+(``common.check_dtype``), ``SolverIterations`` counts it everywhere.
+
 ``benchmarks/compare_torchdeq.py`` times the same cell through torchdeq.
 With ``KERAS_IMPLICIT_BENCH_QUICK=1`` the sizes shrink (the suite test runs
 every benchmark once that way).
 """
 
 import os
+import warnings
 
+try:
+    from .common import DTYPES, check_dtype, scaled_loss
+except ImportError:  # imported alone by compare_torch*.py, with benchmarks/ on sys.path
+    from common import DTYPES, check_dtype, scaled_loss
 from keras_implicit.experiments import measure
 
 # Before the TensorFlow runtime starts: allocator statistics on CPU.
@@ -56,16 +68,19 @@ def recurrent_kernel(dim, seed=0):
     return (q @ np.diag(np.linspace(-0.5, 0.95, dim)) @ q.T).astype("float32")
 
 
-def make_deq(solver="anderson", tol=TOL, max_iter=200, gradient="implicit", dim=DIM, **kwargs):
+def make_deq(solver="anderson", tol=TOL, max_iter=200, gradient="implicit", dim=DIM,
+             dtype="float32", **kwargs):
     import keras
 
     import keras_implicit as ki
     from keras_implicit.layers.deq_cells import DEQDenseCell
 
     keras.utils.set_random_seed(0)
-    cell = DEQDenseCell()
-    layer = ki.layers.DEQ(cell, solver=solver, tol=tol, max_iter=max_iter, gradient=gradient,
-                          on_failure="ignore", **kwargs)
+    cell = DEQDenseCell(dtype=dtype)
+    with warnings.catch_warnings():  # TOL below a half-precision epsilon: floored, on purpose
+        warnings.filterwarnings("ignore", "DEQ .* below the machine epsilon", UserWarning)
+        layer = ki.layers.DEQ(cell, solver=solver, tol=tol, max_iter=max_iter,
+                              gradient=gradient, on_failure="ignore", dtype=dtype, **kwargs)
     layer.build((None, dim))
     cell.recurrent_kernel.assign(recurrent_kernel(dim))
     return layer
@@ -77,19 +92,20 @@ def make_input(batch=BATCH, dim=DIM):
     return np.random.RandomState(0).randn(batch, dim).astype("float32")
 
 
-def make_steps(layer):
-    """``(forward, forward_backward)`` tf.functions of the layer."""
+def make_steps(layer, dtype="float32"):
+    """``(forward, forward_backward)`` tf.functions of the layer (a float32 loss)."""
     import tensorflow as tf
 
     @tf.function
     def forward(x):
-        return tf.reduce_mean(tf.square(layer(x)))
+        return tf.reduce_mean(tf.square(tf.cast(layer(x), tf.float32)))
 
     @tf.function
     def forward_backward(x):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(layer(x)))
-        return loss, tape.gradient(loss, layer.trainable_variables)
+            loss = tf.reduce_mean(tf.square(tf.cast(layer(x), tf.float32)))
+            scaled = scaled_loss(loss, dtype)
+        return loss, tape.gradient(scaled, layer.trainable_variables)
 
     return forward, forward_backward
 
@@ -123,22 +139,23 @@ def _stat(layer, name):
 class SolverIterations:
     """Iterations of each solver (forward and IFT backward) on the tanh cell."""
 
-    params = [SOLVERS]
-    param_names = ["solver"]
+    params = [SOLVERS, DTYPES]
+    param_names = ["solver", "dtype"]
     timeout = 120
 
-    def setup(self, solver):
-        self.layer = make_deq(solver)
-        _, forward_backward = make_steps(self.layer)
+    def setup(self, solver, dtype):
+        # Iteration counts do not depend on the hardware: float16 runs on CPUs too.
+        self.layer = make_deq(solver, dtype=dtype)
+        _, forward_backward = make_steps(self.layer, dtype)
         forward_backward(make_input())
 
-    def track_forward_iterations(self, solver):
+    def track_forward_iterations(self, solver, dtype):
         return _stat(self.layer, "iterations_forward")
 
-    def track_backward_iterations(self, solver):
+    def track_backward_iterations(self, solver, dtype):
         return _stat(self.layer, "iterations_backward")
 
-    def track_forward_residual(self, solver):
+    def track_forward_residual(self, solver, dtype):
         return _stat(self.layer, "residual")
 
     track_forward_iterations.unit = "iterations"
@@ -149,20 +166,22 @@ class SolverIterations:
 class ForwardBackwardTime:
     """Warm time of the forward solve and of forward + implicit backward."""
 
-    params = [SOLVERS, ["auto", False]]
-    param_names = ["solver", "jit_cell"]
+    params = [SOLVERS, ["auto", False], DTYPES]
+    param_names = ["solver", "jit_cell", "dtype"]
     timeout = 120
 
-    def setup(self, solver, jit_cell):
+    def setup(self, solver, jit_cell, dtype):
+        check_dtype(dtype)
         self.x = make_input()
-        self.forward, self.forward_backward = make_steps(make_deq(solver, jit_cell=jit_cell))
+        self.forward, self.forward_backward = make_steps(
+            make_deq(solver, jit_cell=jit_cell, dtype=dtype), dtype)
         self.forward(self.x)
         self.forward_backward(self.x)
 
-    def time_forward(self, solver, jit_cell):
+    def time_forward(self, solver, jit_cell, dtype):
         self.forward(self.x)
 
-    def time_forward_backward(self, solver, jit_cell):
+    def time_forward_backward(self, solver, jit_cell, dtype):
         self.forward_backward(self.x)
 
 

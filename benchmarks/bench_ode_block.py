@@ -6,11 +6,22 @@ of the output. Our NeuralODE with the continuous adjoint and with backprop,
 and the same block through raw ``tfp.math.ode.DormandPrince`` (its built-in
 adjoint). ``benchmarks/compare_torchdiffeq.py`` runs the torchdiffeq side.
 
+``ODEBlockTrainStep`` takes the dtype policy as a parameter (``float32``,
+``mixed_bfloat16``, ``mixed_float16``; the block is created under it, the
+loss is float32 and scaled by 2**15 under float16, as ``fit`` does):
+``mixed_float16`` is skipped without a GPU (``common.check_dtype``).
+
 With KERAS_IMPLICIT_BENCH_QUICK=1 the batch shrinks to 8 and the block to 16
 channels (the suite test runs every benchmark once that way).
 """
 
 import os
+import warnings
+
+try:
+    from .common import DTYPES, check_dtype, scaled_loss
+except ImportError:  # imported alone by compare_torch*.py, with benchmarks/ on sys.path
+    from common import DTYPES, check_dtype, scaled_loss
 
 QUICK = os.environ.get("KERAS_IMPLICIT_BENCH_QUICK") == "1"
 CHANNELS = 16 if QUICK else 64
@@ -22,15 +33,18 @@ def batch_sizes():
     return [8] if QUICK else [64, 128]
 
 
-def make_block(gradient="adjoint", t1=1.0, solver="dopri5", jit_dynamics=False):
+def make_block(gradient="adjoint", t1=1.0, solver="dopri5", jit_dynamics=False,
+               dtype="float32"):
     import keras
 
     import keras_implicit as ki
 
     keras.utils.set_random_seed(0)
-    dynamics = ki.applications.ODEBlockDynamics(CHANNELS, groups=GROUPS)
-    layer = ki.layers.NeuralODE(dynamics, t1=t1, solver=solver, rtol=1e-3, atol=1e-3,
-                                gradient=gradient, jit_dynamics=jit_dynamics)
+    dynamics = ki.applications.ODEBlockDynamics(CHANNELS, groups=GROUPS, dtype=dtype)
+    with warnings.catch_warnings():  # rtol=1e-3 under bfloat16: floored, on purpose
+        warnings.filterwarnings("ignore", "NeuralODE .* below the machine epsilon", UserWarning)
+        layer = ki.layers.NeuralODE(dynamics, t1=t1, solver=solver, rtol=1e-3, atol=1e-3,
+                                    gradient=gradient, jit_dynamics=jit_dynamics, dtype=dtype)
     layer.build((None, SIZE, SIZE, CHANNELS))
     return layer
 
@@ -41,14 +55,15 @@ def make_input(batch):
     return np.random.RandomState(0).randn(batch, SIZE, SIZE, CHANNELS).astype("float32")
 
 
-def make_train_step(layer):
+def make_train_step(layer, dtype="float32"):
     import tensorflow as tf
 
     @tf.function
     def step(x):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(layer(x)))
-        return loss, tape.gradient(loss, layer.trainable_variables)
+            loss = tf.reduce_mean(tf.square(tf.cast(layer(x), tf.float32)))
+            scaled = scaled_loss(loss, dtype)
+        return loss, tape.gradient(scaled, layer.trainable_variables)
 
     return step
 
@@ -77,27 +92,28 @@ class ODEBlockTrainStep:
     """Forward + backward of the ODE block (what one training step costs), with the
     dynamics run by TensorFlow's graph executor or compiled by XLA (jit_dynamics)."""
 
-    params = ([8] if QUICK else [64, 128], ["adjoint", "backprop"], [False, True])
-    param_names = ["batch", "gradient", "jit_dynamics"]
+    params = ([8] if QUICK else [64, 128], ["adjoint", "backprop"], [False, True], DTYPES)
+    param_names = ["batch", "gradient", "jit_dynamics", "dtype"]
     timeout = 300
 
-    def setup(self, batch, gradient, jit_dynamics):
-        self.layer = make_block(gradient, jit_dynamics=jit_dynamics)
+    def setup(self, batch, gradient, jit_dynamics, dtype):
+        check_dtype(dtype)
+        self.layer = make_block(gradient, jit_dynamics=jit_dynamics, dtype=dtype)
         self.x = make_input(batch)
-        self.step = make_train_step(self.layer)
+        self.step = make_train_step(self.layer, dtype)
         self.step(self.x)  # trace, compile and warm up
 
-    def time_train_step(self, batch, gradient, jit_dynamics):
+    def time_train_step(self, batch, gradient, jit_dynamics, dtype):
         self.step(self.x)
 
-    def peakmem_train_step(self, batch, gradient, jit_dynamics):
+    def peakmem_train_step(self, batch, gradient, jit_dynamics, dtype):
         self.step(self.x)
 
-    def track_nfe_forward(self, batch, gradient, jit_dynamics):
+    def track_nfe_forward(self, batch, gradient, jit_dynamics, dtype):
         self.step(self.x)
         return int(self.layer.solver_stats()["nfe_forward"])
 
-    def track_nfe_backward(self, batch, gradient, jit_dynamics):
+    def track_nfe_backward(self, batch, gradient, jit_dynamics, dtype):
         self.step(self.x)
         return int(self.layer.solver_stats()["nfe_backward"])
 

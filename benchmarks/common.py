@@ -9,6 +9,30 @@ import os
 QUICK = os.environ.get("KERAS_IMPLICIT_BENCH_QUICK") == "1"
 
 
+# The dtype parameter of the ODE block and DEQ benchmarks: Keras dtype policies.
+DTYPES = ["float32", "mixed_bfloat16", "mixed_float16"]
+
+
+def check_dtype(dtype):
+    """Raises ``NotImplementedError`` (asv: skipped) for ``"mixed_float16"`` without a GPU.
+
+    CPUs have no float16 arithmetic worth timing (TensorFlow converts each op; oneDNN
+    only with AVX-512 FP16), so a float16 time on CPU measures the emulation. bfloat16
+    runs natively on CPUs with AVX-512 BF16 or AMX and is kept. The README's
+    "Mixed precision" table has float16's NFE and accuracy on CPU.
+    """
+    import tensorflow as tf
+
+    if dtype == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+        raise NotImplementedError("mixed_float16 is timed on GPUs only")
+
+
+def scaled_loss(loss, dtype):
+    """``loss`` times Keras's initial loss scale (2**15) under ``"mixed_float16"``, as
+    ``fit``'s LossScaleOptimizer does: the backward solve sees the scaled cotangent."""
+    return loss * 2.0**15 if dtype == "mixed_float16" else loss
+
+
 def quick(full, small):
     """``small`` in quick mode, else ``full``."""
     return small if QUICK else full

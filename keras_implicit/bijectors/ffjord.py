@@ -7,9 +7,11 @@ from tensorflow_probability.python.internal import cache_util
 
 from keras_implicit import validation
 from keras_implicit.bijectors import augmented_dynamics as aug
-from keras_implicit.layers.time_dynamics import call_dynamics, takes_time
+from keras_implicit.layers import solve_precision
+from keras_implicit.layers.time_dynamics import call_dynamics, compute_dtype, takes_time
 from keras_implicit.ops import trace as trace_lib
 from keras_implicit.ops.ode_options import ODEOptions
+from keras_implicit.solvers import state as state_ops
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -52,10 +54,21 @@ class FFJORD(tfp.bijectors.Bijector):
             fresh probe for every solve.
 
     Returns:
-        Tensors of the input's shape; log-determinants with the event axes
-        reduced. ``solve`` returns a ``FlowSolution`` with the regularisers
+        Tensors of the input's shape and dtype; log-determinants with the event
+        axes reduced. ``solve`` returns a ``FlowSolution`` with the regularisers
         and solver statistics; ``forward_regularization`` /
         ``inverse_regularization`` read the regularisers from the cache.
+
+    Mixed precision: the flow's state (the sample, the log-determinant and
+    the regularisers) is integrated in float32 when the input or the dynamics
+    are float16 or bfloat16 (``ki.solvers.state.control_dtype``; float64 with
+    float64); only the dynamics and their vector-Jacobian products run in the
+    dynamics' compute dtype, and the trace's sum over the event and the
+    Hutchinson probes are float32. Outputs have the input's dtype, the
+    log-determinants and regularisers the state's. An ``rtol`` below the
+    dynamics' machine epsilon is floored with one warning, and float16
+    dynamics make ``gradient="adjoint"`` (the name) ``Adjoint(normalize=True)``
+    (``keras_implicit.layers.solve_precision``).
 
     Example:
         >>> dynamics = ki.layers.ConcatMLP((64, 64))
@@ -91,6 +104,11 @@ class FFJORD(tfp.bijectors.Bijector):
             raise ValueError(f"`t0` and `t1` must differ. Received: t0={t0}, t1={t1}")
         self._options = ODEOptions(solver, rtol, atol, num_steps, gradient, max_num_steps,
                                    step_control, jit_dynamics, on_failure)
+        self._owner = solve_precision.describe(dynamics, f"FFJORD {name!r} with dynamics")
+        # The options of every solve with these dynamics (one warning, here).
+        self._solve_kwargs = solve_precision.ode_solve_kwargs(
+            self._options, compute_dtype(dynamics), self._owner, remedy="create the dynamics",
+            gradient=gradient)
         self._trace = aug.check_trace_method(trace)
         self._noise = trace_lib.check_noise_kind(noise)
         self._num_probes = validation.positive_int("num_probes", num_probes)
@@ -170,6 +188,8 @@ class FFJORD(tfp.bijectors.Bijector):
 
     def _dynamics_fn(self, t, z):
         dtype = z.dtype
+        # z is the flow's state (float32 for half-precision dynamics): the dynamics see it
+        # in their compute dtype, and their output comes back in the state's.
         f = tf.convert_to_tensor(call_dynamics(self._dynamics, z, tf.cast(t, dtype),
                                                self._time_dependent))
         if f.dtype != dtype:
@@ -226,15 +246,20 @@ class FFJORD(tfp.bijectors.Bijector):
             raise ValueError(f"`direction` must be 'forward' or 'inverse'. "
                              f"Received: direction={direction!r}")
         x = self._check_input(x, "x" if direction == "forward" else "y")
+        # The state of the solve: float32 for half-precision inputs (the log-determinant
+        # accumulates there), else the input's dtype; the dynamics must fit it.
+        state_dtype = state_ops.control_dtype(x.dtype)
+        solve_precision.check_compatible("dynamics", compute_dtype(self._dynamics), state_dtype,
+                                         self._owner)
         event = self._event
         batch_shape = tf.shape(x)[: x.shape.rank - len(event)]
-        flat = tf.reshape(x, (-1,) + event)
+        flat = tf.cast(tf.reshape(x, (-1,) + event), state_dtype)
         t_start, t_end = (self._t0, self._t1) if direction == "forward" else (self._t1, self._t0)
         solution = aug.integrate_flow(
             self._dynamics_fn, flat, t_start, t_end, trace=self._trace,
             noise=self._noise, num_probes=self._num_probes, regularizers=self._regularizers,
             seed=seed, log_det=log_det, on_backward=on_backward, fn_cache=self._fn_cache,
-            odeint_options=self._options.as_kwargs())
+            odeint_options=self._solve_kwargs)
         if len(self._dynamics_variables) != len(self._dynamics.variables):
             self._track_variables()  # the dynamics were built by this solve
 
@@ -243,7 +268,7 @@ class FFJORD(tfp.bijectors.Bijector):
 
         full = tf.shape(x)
         return aug.FlowSolution(
-            unflatten(solution.output, full),
+            tf.cast(unflatten(solution.output, full), x.dtype),
             unflatten(solution.log_det_jacobian, batch_shape),
             unflatten(solution.kinetic_energy, batch_shape),
             unflatten(solution.jacobian_frobenius, batch_shape),

@@ -7,7 +7,9 @@ import tensorflow as tf
 
 from keras_implicit import validation
 from keras_implicit.layers import deq_cells  # noqa: F401  (registers the cells for loading)
+from keras_implicit.layers import solve_precision
 from keras_implicit.layers.solver_stats import SolverStatsMixin
+from keras_implicit.layers.time_dynamics import compute_dtype
 from keras_implicit.ops.fixed_point import FixedPointOptions, fixed_point
 from keras_implicit.ops.fixed_point_gradients import Phantom
 from keras_implicit.ops.implicit_gradient import Implicit
@@ -101,8 +103,10 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
 
     Mixed precision: under a mixed policy the cell runs in the compute dtype
     and the solver (residuals, Anderson's least squares, Broyden's updates) in
-    float32; a ``tol`` below the compute dtype's epsilon is floored to it with
-    a warning.
+    float32; ``z*`` has the compute dtype, the Jacobian penalty is a float32
+    loss. A ``tol`` (or an ``Implicit(tol=...)``) below the compute dtype's
+    machine epsilon (the default 1e-4 under both mixed policies) is floored to
+    it with one warning when the layer is made; ``get_config`` keeps it as given.
 
     Statistics: ``solver_stats()`` returns the last call's
     ``iterations_forward``, ``iterations_backward`` (of the last gradient:
@@ -140,6 +144,12 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
         self.cell = cell
         self.options = FixedPointOptions(solver, tol, max_iter, stop_mode, gradient, on_failure,
                                          jit_cell)
+        owner = solve_precision.describe(self)
+        solve_precision.check_compatible("cell", compute_dtype(cell), self.compute_dtype, owner)
+        # The options of every solve under this layer's policy (one warning, here).
+        self._solve_kwargs = solve_precision.fixed_point_solve_kwargs(
+            self.options, solve_precision.evaluation_dtype(self.compute_dtype,
+                                                           compute_dtype(cell)), owner)
         self.jacobian_penalty = validation.nonnegative_float("jacobian_penalty",
                                                              jacobian_penalty)
         self.state_shape = validation.optional(validation.check_shape, "state_shape",
@@ -186,7 +196,8 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
             z0 = tf.ensure_shape(z0, (None,) + self.state_shape)
         penalty = bool(training) and self.jacobian_penalty > 0
         result = fixed_point(
-            lambda z, x: self.cell(z, x), inputs, z0, **self.options.as_kwargs(),
+            # A cell of another compute dtype (float32 in a mixed layer) returns its own.
+            lambda z, x: tf.cast(self.cell(z, x), z.dtype), inputs, z0, **self._solve_kwargs,
             jacobian_penalty=penalty, on_backward=self._record_backward)
         stats = result.stats
         self.compiled_path = stats.compiled
@@ -200,7 +211,9 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
             values["iterations_backward"] = 0 if backward is None else backward
         self._record_solver_stats(values)
         if penalty:
-            self.add_loss(self.jacobian_penalty * result.jacobian_penalty)
+            # A loss in the variables' dtype, as Keras computes its own (float32 when mixed).
+            self.add_loss(self.jacobian_penalty * tf.cast(result.jacobian_penalty,
+                                                          self.variable_dtype))
         return result.z
 
     def _record_backward(self, stats):

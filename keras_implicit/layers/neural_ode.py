@@ -5,8 +5,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_implicit import validation
+from keras_implicit.layers import solve_precision
 from keras_implicit.layers.solver_stats import SolverStatsMixin
-from keras_implicit.layers.time_dynamics import call_dynamics, takes_time
+from keras_implicit.layers.time_dynamics import call_dynamics, compute_dtype, takes_time
 from keras_implicit.ops.ode_gradients import Backprop
 from keras_implicit.ops.ode_options import ODEOptions
 from keras_implicit.ops.odeint import odeint
@@ -67,7 +68,15 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         dense=True)`` returns the whole ``ODEResult`` (``evaluate(t)`` anywhere).
 
     Mixed precision: under a mixed policy the dynamics run in the compute
-    dtype and the solver (time, step size, error norm, stage sums) in float32.
+    dtype and the solver (time, step size, error norm, stage sums) in float32;
+    the output has the compute dtype, and ``solution_times`` keep full precision
+    (they are not autocast). An ``rtol`` below the compute dtype's machine
+    epsilon (the default 1e-3 under ``"mixed_bfloat16"``) is floored to it with
+    one warning, and under float16 ``gradient="adjoint"`` (the name) is
+    ``Adjoint(normalize=True)``, which Keras's loss scaling cannot fool; an
+    ``Adjoint(...)`` instance is used as given
+    (``keras_implicit.layers.solve_precision``). ``get_config`` keeps the
+    options as given.
 
     Statistics: ``solver_stats()`` returns the last call's ``nfe_forward``,
     ``nfe_backward`` (adjoint evaluations of the last gradient; 0 otherwise),
@@ -114,6 +123,17 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         if self.return_events and event is None:
             raise ValueError("`return_events=True` needs an `event`. Received: event=None")
         self._time_dependent = takes_time(dynamics)
+        owner = solve_precision.describe(self)
+        solve_precision.check_compatible("dynamics", compute_dtype(dynamics),
+                                         self.compute_dtype, owner)
+        # The options of every solve under this layer's policy (one warning, here).
+        self._solve_kwargs = solve_precision.ode_solve_kwargs(
+            self.options, solve_precision.evaluation_dtype(self.compute_dtype,
+                                                           compute_dtype(dynamics)), owner,
+            gradient=gradient)
+        # `call` casts the state to the compute dtype itself: autocasting would round
+        # `solution_times` (times, not features) to float16 or bfloat16 as well.
+        self.autocast = False
         # Keras compiles the train step with XLA (jit_compile="auto", on GPUs) only
         # where this holds. TFP's solvers compile badly or not at all; backprop through
         # an adaptive solver's loop has no static bound, so XLA cannot record its tape.
@@ -198,18 +218,23 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         ``[t0, t1]`` (memory: one interpolating polynomial per solver step;
         differentiable with ``Backprop`` and ``Checkpointed``).
         """
-        inputs = tf.convert_to_tensor(inputs, self.compute_dtype)
+        inputs = self._cast_inputs(inputs)
         if not self.built:
             self.build(inputs.shape)
         times, _ = self._times(solution_times)
         return self._odeint(inputs, times, dense)
 
+    def _cast_inputs(self, inputs):
+        inputs = tf.convert_to_tensor(inputs)
+        return tf.cast(inputs, self.compute_dtype) if inputs.dtype.is_floating else inputs
+
     def _odeint(self, inputs, times, dense=False):
-        return odeint(self._dynamics_fn(), inputs, times, **self.options.as_kwargs(),
+        return odeint(self._dynamics_fn(), inputs, times, **self._solve_kwargs,
                       event_fn=None if self.event is None else self._event_fn, dense=dense,
                       on_backward=self._record_backward)
 
     def call(self, inputs, solution_times=None):
+        inputs = self._cast_inputs(inputs)
         times, skip = self._times(solution_times)
         result = self._odeint(inputs, times)
         stats = result.stats

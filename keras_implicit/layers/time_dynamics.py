@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from keras_implicit import validation
+from keras_implicit.solvers import state as state_ops
 
 
 def takes_time(layer):
@@ -19,11 +20,41 @@ def takes_time(layer):
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
+def compute_dtype(layer):
+    """The dtype ``layer`` evaluates in: its compute dtype, or for a Keras model
+    (``Sequential``, functional) the narrowest compute dtype of its layers.
+
+    A model's own policy need not be its layers' (``keras.Sequential([Dense(...,
+    dtype="float64")])`` keeps the global policy): its layers cast their inputs
+    themselves, so their dtypes are what the model computes in.
+    """
+    if isinstance(layer, keras.Model):
+        dtypes = {sub.compute_dtype for sub in layer._flatten_layers(include_self=False)
+                  if not isinstance(sub, keras.layers.InputLayer)}
+        if dtypes:
+            return max(sorted(dtypes), key=lambda d: float(state_ops.finfo(d).eps))
+    return layer.compute_dtype
+
+
 def call_dynamics(layer, state, t, time_dependent=None):
-    """``layer(state, t=t)`` if it takes time, else ``layer(state)``."""
+    """``layer(state, t=t)`` if it takes time, else ``layer(state)``, in the layer's compute dtype.
+
+    ``state`` and ``t`` are cast to the layer's compute dtype (``compute_dtype``)
+    and the output back to the state's dtype: under a mixed policy, float16 or
+    bfloat16 dynamics of a float32 state (``solve_precision.check_compatible``
+    refuses other pairs).
+    """
     if time_dependent is None:
         time_dependent = takes_time(layer)
-    return layer(state, t=t) if time_dependent else layer(state)
+    dtype = keras.backend.standardize_dtype(state.dtype)
+    compute = compute_dtype(layer)
+    if compute != dtype:
+        state = ops.cast(state, compute)
+        if t is not None:
+            t = ops.cast(t, compute)
+    out = layer(state, t=t) if time_dependent else layer(state)
+    # Same dtypes: the output is left as it is, for the callers' dtype checks.
+    return out if compute == dtype else ops.cast(out, dtype)
 
 
 def _time_column(inputs, t):

@@ -9,10 +9,12 @@ import tensorflow as tf
 
 from keras_implicit import validation
 from keras_implicit.bijectors.ffjord import FFJORD
+from keras_implicit.layers import solve_precision
 from keras_implicit.layers.solver_stats import SolverStatsMixin
-from keras_implicit.layers.time_dynamics import ConcatMLP
+from keras_implicit.layers.time_dynamics import ConcatMLP, compute_dtype
 from keras_implicit.ops import trace as trace_lib
 from keras_implicit.ops.ode_options import ODEOptions
+from keras_implicit.solvers import state as state_ops
 
 _REGULARIZERS = ("kinetic_energy", "jacobian_frobenius")
 
@@ -51,6 +53,13 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         SavedModel with ``log_prob``, ``log_prob_exact``,
         ``log_prob_hutchinson`` and ``sample`` endpoints.
 
+    Mixed precision: under a mixed policy the dynamics run in the compute
+    dtype and everything else in float32: the data are not rounded to it,
+    and the flow's state, log-determinant, regularisers, ``log_prob``, the
+    loss and ``sample`` are float32 (see ``ki.bijectors.FFJORD``). ``fit``
+    scales the loss as Keras's own ``train_step`` does, so the
+    ``LossScaleOptimizer`` of ``"mixed_float16"`` works.
+
     Example:
         >>> flow = ki.models.ContinuousFlow(hidden_units=(64, 64, 64), rtol=1e-3, atol=1e-3)
         >>> flow.compile(optimizer=keras.optimizers.Adam(1e-2))
@@ -86,8 +95,14 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
                                                                jacobian_frobenius_weight)}
         self._ode_options = ODEOptions(solver, rtol, atol, num_steps, gradient, max_num_steps,
                                        step_control, jit_dynamics, on_failure)
+        # Every block solves with these (one precision warning, here, instead of one per
+        # block); get_config saves _ode_options.
+        solve_kwargs = solve_precision.ode_solve_kwargs(
+            self._ode_options, solve_precision.evaluation_dtype(
+                *[compute_dtype(d) for d in dynamics]), solve_precision.describe(self),
+            gradient=gradient)
         self.flow_options = {
-            "t0": t0, "t1": t1, **self._ode_options.as_kwargs(), "trace": trace, "noise": noise,
+            "t0": t0, "t1": t1, **solve_kwargs, "trace": trace, "noise": noise,
             "num_probes": num_probes,
             "regularizers": [n for n in _REGULARIZERS if self._regularizer_weights[n] > 0]}
         # Validates every option now (errors name the argument); rebuilt with the event shape.
@@ -98,6 +113,14 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         logged = ["loss", "nll", "bits_per_dim", *self.flow_options["regularizers"],
                   "nfe_forward", "nfe_backward"]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in logged}
+        # The data are the flow's state: not rounded to a half-precision compute dtype.
+        self.autocast = False
+
+    @property
+    def state_dtype(self):
+        """The dtype of the data, the flow's state, ``log_prob`` and samples: float32
+        under a mixed policy, else the compute dtype."""
+        return state_ops.control_dtype(self.compute_dtype).name
 
     # ----------------------------------------------------------------- building
     def build(self, input_shape):
@@ -160,7 +183,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
             raise ValueError(
                 f"`x` has event shape {tuple(x.shape[1:])} but the ContinuousFlow has "
                 f"event_shape={self.event_shape}. Received: x.shape={tuple(x.shape)}")
-        return tf.cast(x, self.compute_dtype)
+        return tf.cast(x, self.state_dtype)
 
     def _base_log_prob(self, z):
         axes = list(range(1, z.shape.rank))
@@ -206,10 +229,10 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
                 "The ContinuousFlow is not built yet: call it on data or fit it first.")
         shape = tf.concat([tf.reshape(tf.cast(n, tf.int32), [1]), self.event_shape], 0)
         if seed is None:
-            z = keras.random.normal(shape, dtype=self.compute_dtype, seed=self._seed_generator)
+            z = keras.random.normal(shape, dtype=self.state_dtype, seed=self._seed_generator)
         else:
             z = tf.random.stateless_normal(shape, trace_lib.stateless_seed(seed),
-                                           dtype=self.compute_dtype)
+                                           dtype=self.state_dtype)
         for block in self.bijectors:
             z = block.solve(z, "forward", log_det=False).output
         return z
@@ -244,6 +267,9 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
             loss, nll, regs, nfe, backward = self._loss(x)
             # Replicas' gradients are summed: each contributes its share of the mean.
             share = loss / tf.distribute.get_strategy().num_replicas_in_sync
+            # As Keras's train_step: a LossScaleOptimizer multiplies the loss by its scale
+            # (and divides the gradients by it in apply); other optimizers return it as is.
+            share = self.optimizer.scale_loss(share)
         variables = self.trainable_variables
         gradients = tape.gradient(share, variables)
         self.optimizer.apply(gradients, variables)
@@ -272,7 +298,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         """
         if not self.built:
             raise ValueError("Build or fit the ContinuousFlow before exporting it.")
-        spec = tf.TensorSpec((None,) + self.event_shape, self.compute_dtype, name="x")
+        spec = tf.TensorSpec((None,) + self.event_shape, self.state_dtype, name="x")
 
         def log_prob_with(mode):
             @tf.autograph.experimental.do_not_convert

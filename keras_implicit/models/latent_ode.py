@@ -11,6 +11,7 @@ from keras_implicit.models import latent_ode_inputs as inputs_lib
 from keras_implicit.models.latent_ode_parts import (GRUEncoder, ODERNNEncoder, mlp,
                                                     union_indices)
 from keras_implicit.solvers import base as solver_base
+from keras_implicit.solvers import state as state_ops
 
 _ENCODERS = ("gru", "ode_rnn")
 # The latent NeuralODE's options that the model takes and saves.
@@ -65,6 +66,12 @@ class LatentODE(keras.Model):
 
     Returns:
         ``(batch, T, obs_dim)``: the decoded mean at every time of ``inputs``.
+
+    Mixed precision: under a mixed policy the encoder, dynamics and decoder
+    run in the compute dtype; times and observations stay float32 (times are
+    not rounded to float16 or bfloat16, where nearby observation times would
+    merge), the ELBO is computed in float32, and ``fit`` scales the loss as
+    Keras's own ``train_step`` does (``"mixed_float16"``'s ``LossScaleOptimizer``).
 
     Example:
         >>> data = ki.datasets.spirals(256, seed=0)
@@ -124,6 +131,14 @@ class LatentODE(keras.Model):
         self.kl_tracker = keras.metrics.Mean(name="kl")
         # The union of a batch's times has a data-dependent length: no XLA.
         self.supports_jit = False
+        # Times are not features: `_prepare` casts each input to its own dtype.
+        self.autocast = False
+
+    @property
+    def state_dtype(self):
+        """The dtype of times, observations and the ELBO: float32 under a mixed policy,
+        else the compute dtype."""
+        return state_ops.control_dtype(self.compute_dtype).name
 
     def build(self, input_shape=None):
         self.encoder.build((None, None, self.obs_dim))
@@ -163,7 +178,7 @@ class LatentODE(keras.Model):
         if not self.built:
             self.build()
         observations, times, mask = inputs_lib.unpack(inputs)
-        dtype = self.compute_dtype
+        dtype = self.state_dtype
         observations = tf.cast(tf.convert_to_tensor(observations), dtype)
         times = tf.cast(tf.convert_to_tensor(times), dtype)
         mask = tf.convert_to_tensor(mask)
@@ -213,7 +228,10 @@ class LatentODE(keras.Model):
         observations, times, observed = self._prepare(inputs)
         mean, log_var = self.encoder(observations, times, observed)
         z0 = self._sample(mean, log_var) if training else mean
-        predicted = self.decode(z0, times)
+        # The likelihood and the KL in the state dtype (float32 when mixed): a sum of
+        # squared residuals over a sequence overflows float16.
+        predicted = tf.cast(self.decode(z0, times), observations.dtype)
+        mean, log_var = (tf.cast(v, observations.dtype) for v in (mean, log_var))
         std = tf.cast(self.observation_std, predicted.dtype)
         weights = tf.cast(observed, predicted.dtype)[..., None]
         residual = tf.where(observed[..., None], (observations - predicted) / std,
@@ -248,6 +266,9 @@ class LatentODE(keras.Model):
             total = loss + tf.add_n(self.losses) if self.losses else loss
             # Replicas' gradients are summed: each contributes its share of the mean.
             total = total / tf.distribute.get_strategy().num_replicas_in_sync
+            # As Keras's train_step: a LossScaleOptimizer multiplies the loss by its scale
+            # (and divides the gradients by it in apply); other optimizers return it as is.
+            total = self.optimizer.scale_loss(total)
         grads = tape.gradient(total, self.trainable_weights)
         self.optimizer.apply(grads, self.trainable_weights)
         return self._update_metrics(reconstruction, kl, loss)
@@ -282,7 +303,7 @@ class LatentODE(keras.Model):
 
     def _trajectories(self, inputs, times, num_samples, sample):
         observations, obs_times, observed = self._prepare(inputs)
-        times = tf.cast(tf.convert_to_tensor(times), self.compute_dtype)
+        times = tf.cast(tf.convert_to_tensor(times), self.state_dtype)
         inputs_lib.check_query_times(times)
         if len(times.shape) == 1:
             times = tf.tile(times[None], [tf.shape(observations)[0], 1])
@@ -308,10 +329,10 @@ class LatentODE(keras.Model):
 
         By default the signature takes any batch size and sequence length: a
         dict of ``observations (None, None, obs_dim)``, ``times (None, None)``
-        and ``mask (None, None)`` in the compute dtype.
+        and ``mask (None, None)`` in ``state_dtype`` (float32 under a mixed policy).
         """
         if input_signature is None:
-            dtype = self.compute_dtype
+            dtype = self.state_dtype
             input_signature = [{
                 "observations": tf.TensorSpec((None, None, self.obs_dim), dtype, "observations"),
                 "times": tf.TensorSpec((None, None), dtype, "times"),

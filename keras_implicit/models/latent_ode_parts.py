@@ -11,6 +11,8 @@ import keras
 import tensorflow as tf
 
 from keras_implicit import validation
+from keras_implicit.layers import solve_precision
+from keras_implicit.ops.ode_options import ODEOptions
 from keras_implicit.ops.odeint import odeint
 from keras_implicit.solvers import base as solver_base
 
@@ -51,7 +53,13 @@ def mlp(units, output_units, num_layers, activation, dtype, name):
 
 
 class _Recognition(keras.layers.Layer):
-    """Shared head: the final hidden state -> mean and log-variance of q(z_t0)."""
+    """Shared head: the final hidden state -> mean and log-variance of q(z_t0).
+
+    Inputs are not autocast: time features (``t - t0``, gaps between
+    observations) are computed in the times' dtype (float32 under a mixed
+    policy, where rounding times to float16 first would merge nearby ones) and
+    then cast to the compute dtype with the observations (``_features``).
+    """
 
     def __init__(self, latent_dim, units, t0=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -59,6 +67,11 @@ class _Recognition(keras.layers.Layer):
         self.units = validation.positive_int("units", units)
         self.t0 = validation.check_float("t0", t0)
         self.head = keras.layers.Dense(2 * self.latent_dim, dtype=self.dtype_policy, name="head")
+        self.autocast = False
+
+    def _features(self, *columns):
+        """The RNN's input: ``columns`` (each ``(batch, T, k)``) in the compute dtype."""
+        return tf.concat([tf.cast(c, self.compute_dtype) for c in columns], axis=-1)
 
     def _split(self, hidden):
         moments = self.head(hidden)
@@ -110,8 +123,7 @@ class GRUEncoder(_Recognition):
 
     def call(self, observations, times, observed):
         observations, times, observed, gaps = compact(observations, times, observed)
-        features = tf.concat(
-            [observations, (times - self.t0)[..., None], gaps[..., None]], axis=-1)
+        features = self._features(observations, (times - self.t0)[..., None], gaps[..., None])
         return self._split(self.gru(features, mask=observed))
 
 
@@ -165,6 +177,10 @@ class ODEGRUCell(keras.layers.Layer):
                                              num_steps)
         self.rtol = validation.positive_float("rtol", rtol)
         self.atol = validation.positive_float("atol", atol)
+        # The solves' options under this cell's policy (a floored rtol warns once, here).
+        self._solve_kwargs = solve_precision.ode_solve_kwargs(
+            ODEOptions(self._solver, self.rtol, self.atol, self.num_steps, "backprop"),
+            self.compute_dtype, solve_precision.describe(self, "ODE-RNN cell"))
         self.state_size = self.units
         self.output_size = self.units
         self.gru_cell = keras.layers.GRUCell(self.units, dtype=self.dtype_policy, name="gru_cell")
@@ -177,9 +193,8 @@ class ODEGRUCell(keras.layers.Layer):
     def evolve(self, h, span):
         """``h`` carried by ``dh/dt = f(h)`` over the per-sample time ``span`` (batch, 1)."""
         times = tf.constant([0.0, 1.0], h.dtype)
-        result = odeint(lambda s, y: span * self.dynamics(y), h, times, solver=self._solver,
-                        rtol=self.rtol, atol=self.atol, num_steps=self.num_steps,
-                        gradient="backprop")
+        span = tf.cast(span, h.dtype)
+        result = odeint(lambda s, y: span * self.dynamics(y), h, times, **self._solve_kwargs)
         return result.states[-1]
 
     def call(self, inputs, states, training=False):
@@ -240,7 +255,7 @@ class ODERNNEncoder(_Recognition):
 
     def call(self, observations, times, observed):
         observations, times, observed, gaps = compact(observations, times, observed)
-        hidden = self.rnn(tf.concat([observations, -gaps[..., None]], axis=-1), mask=observed)
+        hidden = self.rnn(self._features(observations, -gaps[..., None]), mask=observed)
         first_time = times[:, :1]  # compacted: the first observed time of each sample
         hidden = self.cell.evolve(hidden, self.t0 - first_time)
         return self._split(hidden)

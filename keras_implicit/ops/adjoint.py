@@ -23,7 +23,9 @@ event time (they are its jump times).
 
 A non-finite cotangent (e.g. an overflowed loss scale under mixed precision)
 gives non-finite gradients without solving, so that a loss-scale optimizer
-skips the step; only a failed backward solve is reported (``on_failure``).
+skips the step, and so does a float16 backward solve that overflows mid-way
+(``failure.backward_overflow``); other failed backward solves are reported
+(``on_failure``).
 """
 
 import tensorflow as tf
@@ -193,8 +195,9 @@ def _backward(problem, adjoint, result, params, variables, upstream, solver, opt
         grads, (nfe, accepted, rejected, status, failed_at) = tf.cond(finite, solve, skip)
     for g, x in zip(grads, wrt):
         g.set_shape(x.shape)
+    grads, reported = failure.backward_overflow(problem.state_dtype, finite, status, grads)
     grads = failure.report(
-        tf.where(finite, status, Status.SUCCESS), problem.on_failure, "ode",
+        reported, problem.on_failure, "ode",
         f"odeint: the backward (adjoint) solve with solver {solver.name!r} failed",
         ["at time", problem.time_sign * failed_at], grads)
     stats.set_backward_solve(solver_base.SolveStats(nfe, accepted, rejected, status, failed_at,

@@ -99,6 +99,37 @@ def report(status, on_failure, family, header, details, outputs):
         return [tf.identity(x) for x in outputs]
 
 
+def backward_overflow(dtype, finite, status, grads):
+    """A backward solve's gradients and the status to report, with float16's overflow rule.
+
+    Under ``"mixed_float16"`` Keras scales the loss by up to 2**15, so the
+    cotangent entering a backward solve is that much larger than the
+    gradient's, and a float16 vector-Jacobian product of a finite cotangent
+    can overflow mid-solve. That is the loss scale's signal, not the solver's
+    failure: for a float16 state, a backward solve that ends with
+    ``Status.NON_FINITE`` gives NaN gradients and is not reported, so that a
+    ``LossScaleOptimizer`` skips the step and lowers the scale (as it does for
+    a non-finite cotangent, ``finite`` False, which is never solved). Other
+    dtypes and other statuses are reported by ``on_failure``. The statistics
+    keep the status either way.
+
+    Args:
+        dtype: the caller's state dtype (``None``: unknown, no overflow rule).
+        finite: scalar bool tensor: the cotangent was finite (the solve ran).
+        status: the backward solve's status.
+        grads: the gradients (a list of tensors).
+
+    Returns:
+        ``(grads, status_to_report)``.
+    """
+    skipped = tf.logical_not(finite)
+    if dtype is not None and tf.as_dtype(dtype) == tf.float16:
+        overflowed = finite & tf.equal(status, Status.NON_FINITE)
+        grads = [tf.where(overflowed, tf.constant(float("nan"), g.dtype), g) for g in grads]
+        skipped = skipped | overflowed
+    return grads, tf.where(skipped, tf.constant(Status.SUCCESS, status.dtype), status)
+
+
 def _show(part):
     if tf.is_tensor(part):
         value = part.numpy()

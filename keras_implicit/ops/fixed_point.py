@@ -195,7 +195,7 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
         stop_mode=options.stop_mode, on_failure=options.on_failure, on_backward=on_backward,
         cell_wrapper=plan.cell_wrapper, step_wrapper=plan.step_wrapper,
         iteration_wrapper=plan.iteration_wrapper, solve_wrapper=plan.solve_wrapper,
-        compiled=plan.kind)
+        compiled=plan.kind, state_dtype=dtype)
     z_rows, stats = options.gradient.solve(problem)
     z = tf.reshape(tf.cast(z_rows, dtype), z_dynamic_shape)
     if z_shape.rank is not None:

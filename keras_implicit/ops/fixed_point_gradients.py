@@ -33,7 +33,8 @@ def no_recording():
 
 class FixedPointProblem(collections.namedtuple("FixedPointProblem", [
         "fn", "z0", "xs", "solver", "tol", "max_iter", "stop_mode", "on_failure", "on_backward",
-        "cell_wrapper", "step_wrapper", "iteration_wrapper", "solve_wrapper", "compiled"])):
+        "cell_wrapper", "step_wrapper", "iteration_wrapper", "solve_wrapper", "compiled",
+        "state_dtype"], defaults=(None,))):
     """A prepared fixed-point solve, as ``fixed_point`` hands it to a gradient strategy.
 
     Attributes:
@@ -47,6 +48,9 @@ class FixedPointProblem(collections.namedtuple("FixedPointProblem", [
             the map, an iteration without the map, a whole iteration, or the
             whole forward solve (``ops.jit.plan_fixed_point``), or ``None``.
         compiled: the name of the compiled path, for the statistics.
+        state_dtype: the caller's dtype of ``z`` (``z0`` is in the solve's, float32
+            for half precision), or ``None``: a float16 backward solve that
+            overflows gives NaN gradients (``failure.backward_overflow``).
     """
 
     __slots__ = ()

@@ -11,12 +11,15 @@ a linear fixed point in ``g`` solved with vector–Jacobian products of ``f`` at
 reads. The memory is that of one evaluation of ``f`` and the solver's history,
 whatever the number of iterations. ``z0`` receives a zero gradient: ``z*``
 does not depend on where the solve starts. A non-finite incoming gradient
-(an overflowed loss scale) gives non-finite gradients without a backward solve.
+(an overflowed loss scale) gives non-finite gradients without a backward solve,
+and a float16 backward solve that overflows mid-way gives NaN gradients
+without a report (``failure.backward_overflow``).
 """
 
 import tensorflow as tf
 
 from keras_implicit import validation
+from keras_implicit.ops import failure
 from keras_implicit.ops.fixed_point_gradients import (
     FIXED_POINT_GRADIENTS, FixedPointGradient, no_recording, report)
 from keras_implicit.solvers import fixed_point_base
@@ -92,9 +95,10 @@ class Implicit(FixedPointGradient):
 
                 finite = tf.reduce_all(tf.math.is_finite(grad_z))
                 grads, backward_stats = tf.cond(finite, backward, skip)
+                grads, reported = failure.backward_overflow(problem.state_dtype, finite,
+                                                            backward_stats.status, grads)
                 grads = report(
-                    backward_stats._replace(
-                        status=tf.where(finite, backward_stats.status, Status.SUCCESS)),
+                    backward_stats._replace(status=reported),
                     backward_solver.name, "backward (implicit)", tol, problem.on_failure, grads)
                 stats.set_backward_solve(backward_stats)
                 if problem.on_backward is not None:
@@ -116,6 +120,14 @@ def _backward_solve(problem, z_star, inputs, variables, grad_z, solver, tol, max
         tape.watch([point] + inputs + variables)
         f_point = problem.fn(point, inputs)
 
+    # float16 cells: the equation is linear in (g, grad_z), so it is solved for the
+    # cotangent over its RMS; a loss scale of up to 2**15 (mixed_float16) then neither
+    # overflows the float16 vector-Jacobian products nor moves an absolute tolerance.
+    scale = None
+    if problem.state_dtype is not None and tf.as_dtype(problem.state_dtype) == tf.float16:
+        scale = _cotangent_scale(grad_z)
+        grad_z = grad_z / tf.cast(scale, grad_z.dtype)
+
     def adjoint_map(g):
         vjp = tape.gradient(f_point, point, output_gradients=g,
                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -125,4 +137,13 @@ def _backward_solve(problem, z_star, inputs, variables, grad_z, solver, tol, max
                             stop_mode=problem.stop_mode)
     grads = tape.gradient(f_point, inputs + variables, output_gradients=g,
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return [tf.convert_to_tensor(x) for x in grads], stats
+    grads = [tf.convert_to_tensor(x) for x in grads]
+    if scale is not None:
+        grads = [x * tf.cast(scale, x.dtype) for x in grads]
+    return grads, stats
+
+
+def _cotangent_scale(v):
+    """The RMS of ``v`` (float32), or 1 where that is 0."""
+    scale = state_ops.rms(tf.cast(v, tf.float32))
+    return tf.where(scale > 0, scale, tf.ones_like(scale))

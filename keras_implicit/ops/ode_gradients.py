@@ -27,7 +27,8 @@ from keras_implicit.solvers.registry import Registry
 class ODEProblem(collections.namedtuple("ODEProblem", [
         "fn", "y0", "params", "times", "solver", "solver_options", "first_step", "event_fn",
         "dense", "jump_times", "dynamics_wrapper", "step_fn_wrapper", "solve_wrapper",
-        "on_backward", "on_failure", "compiled", "time_sign"])):
+        "on_backward", "on_failure", "compiled", "time_sign", "state_dtype"],
+        defaults=(None,))):
     """A prepared solve, as ``odeint`` hands it to a gradient strategy.
 
     Attributes:
@@ -48,6 +49,9 @@ class ODEProblem(collections.namedtuple("ODEProblem", [
         compiled: the name of the compiled path, for the statistics.
         time_sign: +1, -1 or a scalar tensor: the caller's time is
             ``time_sign * t`` (for messages).
+        state_dtype: the caller's state dtype (``y0`` is in the solve's,
+            float32 for half precision), or ``None``: a float16 backward solve
+            that overflows gives NaN gradients (``failure.backward_overflow``).
     """
 
     __slots__ = ()

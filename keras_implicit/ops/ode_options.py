@@ -82,10 +82,11 @@ class ODEOptions:
         Dynamics evaluated in float16 or bfloat16 carry a relative error of
         about its machine epsilon (9.8e-4, 7.8e-3) in every evaluation: an
         ``rtol`` below it cannot be met, and the default 1e-3 is below
-        bfloat16's. Wider dtypes keep ``rtol`` as given.
+        bfloat16's. Wider dtypes keep ``rtol`` as given, and so do fixed-grid
+        solvers, which have no error control.
         """
         eps = float(state_ops.finfo(dtype).eps)
-        if self.rtol >= eps or tf.as_dtype(dtype).size > 2:
+        if self.rtol >= eps or tf.as_dtype(dtype).size > 2 or not self.solver.adaptive:
             return self.rtol
         warnings.warn(
             f"rtol={self.rtol:g} is below what {tf.as_dtype(dtype).name} dynamics resolve "

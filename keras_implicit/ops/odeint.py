@@ -138,7 +138,7 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
         jump_times=None if jumps is None else jumps * sign,
         dynamics_wrapper=plan.dynamics_wrapper, step_fn_wrapper=plan.step_fn_wrapper,
         solve_wrapper=plan.solve_wrapper, on_backward=on_backward,
-        on_failure=options.on_failure, compiled=plan.kind, time_sign=sign)
+        on_failure=options.on_failure, compiled=plan.kind, time_sign=sign, state_dtype=dtype)
     result, stats = options.gradient.integrate(problem)
     forward_in_time = static_sign and sign == 1
     if not forward_in_time:
