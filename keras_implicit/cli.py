@@ -35,7 +35,10 @@ def parse_args(argv=None):
     """Parses and validates the command line; exits with status 2 and a message if it is wrong."""
     from keras_implicit.experiments.arguments import UsageError
 
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # reported with the subcommand's usage, as its other errors
+        shown = " ".join(a if a.isprintable() else repr(a) for a in unknown)
+        args._parser.error(f"unrecognized arguments: {shown}")
     try:
         args._module.validate(args)
     except UsageError as error:
