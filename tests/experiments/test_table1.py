@@ -122,6 +122,19 @@ def test_bad_data_and_out_paths(table1_cli, mnist_path, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.txt"]
 
 
+def test_a_failed_download_is_a_usage_error(table1_cli, tmp_path, capsys, monkeypatch):
+    from keras_implicit.datasets import mnist
+
+    def offline(path=None):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/mnist.npz")
+
+    monkeypatch.setattr(mnist, "load_data", offline)
+    error = usage_error(table1_cli, ["--out", str(tmp_path / "out")], capsys)
+    assert "could not load MNIST (Exception: URL fetch failure" in error
+    assert "pass --data or set $KERAS_IMPLICIT_DATA" in error
+    assert not (tmp_path / "out").exists()
+
+
 def test_results_without_run_json_are_not_overwritten(table1_cli, mnist_path, tmp_path,
                                                       capsys):
     """An --out holding an older version's table (no run.json) is refused, not trained over."""
