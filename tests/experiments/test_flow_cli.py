@@ -63,6 +63,19 @@ def test_out_must_be_a_writable_directory(flow_only, tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "mine"
 
 
+def test_an_unwritable_out_is_refused(flow_only, tmp_path, capsys, monkeypatch):
+    from keras_implicit.experiments import arguments
+
+    # Tests may run as root, for whom every directory is writable: simulate a read-only one.
+    monkeypatch.setattr(arguments.os, "access", lambda path, mode: False)
+    with pytest.raises(SystemExit) as exit_info:
+        flow_only(["flow", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert f"--out is not writable: no permission to write in {str(tmp_path)!r}" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_trains_writes_results_and_refuses_other_settings(flow_only, tmp_path, capsys):
     out = tmp_path / "pinwheel"
     code = flow_only(["flow", "--dataset", "pinwheel", "--out", str(out),

@@ -79,3 +79,8 @@ def test_a_tiny_run_writes_its_files_and_redoes_with_the_same_settings(spiral_on
     assert spiral_only(argv) == 0  # the same settings: redone in place
     assert sorted(p.name for p in out.iterdir()) == names
     assert json.loads((out / "metrics.json").read_text())["settings"] == first["settings"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit) as exit_info:  # other settings: refused, nothing touched
+        spiral_only(argv + ["--noise", "0.2"])
+    assert exit_info.value.code == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
