@@ -188,7 +188,7 @@ def _report_settings(settings, meter, wall_start):
     }
 
 
-def write_table(out, settings, meter, wall_start, quiet=False):
+def write_table(out, settings, meter, wall_start):
     """Rewrites the table from every model's progress in ``out``; returns the Markdown."""
     from keras_implicit.experiments import table1_report, table1_training
 

@@ -60,7 +60,8 @@ def markdown(rows, settings):
         f"{settings['train_size']} training images, batch {settings['batch_size']}, "
         f"seed {settings['seed']}{xla}; test error on {settings['test_size']} test images after "
         f"the epochs shown; {settings['device']}, TensorFlow {settings['tensorflow']}; "
-        f"training and evaluation {hours:.2f} h in all (summed over resumed sessions).",
+        f"training and evaluation {hours:.2f} h in all (summed over resumed sessions); "
+        f"this session {settings['wall_seconds']:.0f} s of wall time so far.",
         f"Peak memory: {settings['memory_description']}; the largest over the training "
         f"steps of `fit` (batch {settings['batch_size']}) but the first of each epoch. Block "
         "memory: the same for the residual/ODE part alone (no stem, no head), and its growth "
