@@ -169,8 +169,11 @@ class TrainingStepMemory:
         # the process's baseline: each iteration's Anderson history is 2 x 5 x batch x dim.
         dim = 32 if QUICK else 1024
         self.x = make_input(batch=BATCH, dim=dim)
-        layer = make_deq("anderson", tol=1e-30, max_iter=max_iter, gradient=gradient, dim=dim,
-                         backward_tol=1e-30)
+        import keras_implicit as ki
+
+        if gradient == "implicit":
+            gradient = ki.ops.Implicit(tol=1e-30)
+        layer = make_deq("anderson", tol=1e-30, max_iter=max_iter, gradient=gradient, dim=dim)
         self.layer = layer
         self.step = make_train_step(layer)
         self.step(self.x)

@@ -46,7 +46,7 @@ def make_log_prob_step(implementation, trace, batch=BATCH, hidden=HIDDEN, tolera
     import tensorflow_probability as tfp
 
     import keras_implicit as ki
-    from keras_implicit.models.continuous_flow import ConcatMLP
+    from keras_implicit.layers import ConcatMLP
 
     tfd, tfb = tfp.distributions, tfp.bijectors
     keras.utils.set_random_seed(0)
@@ -101,7 +101,7 @@ class TraceCost:
         import tensorflow as tf
 
         from keras_implicit.bijectors.augmented_dynamics import augmented_fn
-        from keras_implicit.models.continuous_flow import ConcatMLP
+        from keras_implicit.layers import ConcatMLP
         from keras_implicit.ops import sample_noise
 
         keras.utils.set_random_seed(0)

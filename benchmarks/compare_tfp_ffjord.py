@@ -40,6 +40,10 @@ def compare(trace, repeats):
         loss = float(step(x)[0])
         compile_seconds[implementation] = time.perf_counter() - start
         steps[implementation] = (step, x, loss)
+    # Warm up again once every step exists: building the other side's step makes the next
+    # call of an already traced one slow once (about 2 s here, with no retrace).
+    for step, x, _ in steps.values():
+        step(x)[0].numpy()
     samples = {name: [] for name in steps}
     for _ in range(repeats):
         for name, (step, x, _) in steps.items():

@@ -180,6 +180,19 @@ def run_torch(case, repeats, npz_path, threads):
             "threads": torch.get_num_threads()}
 
 
+def _check_interpreter(flag, python, modules):
+    """Exits with one line unless ``python`` runs and imports ``modules`` (checked before
+    the TensorFlow side spends minutes)."""
+    try:
+        result = subprocess.run([python, "-c", f"import {modules}"], capture_output=True,
+                                text=True)
+    except OSError as error:
+        sys.exit(f"{flag}={python!r}: cannot run it ({error.strerror})")
+    if result.returncode:
+        last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        sys.exit(f"{flag}={python!r}: cannot import {modules} ({last})")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-python", default="/tmp/torchvenv/bin/python",
@@ -194,6 +207,7 @@ def main(argv=None):
         print(json.dumps(run_torch(args.torch_side[0], args.repeats, args.torch_side[1],
                                    args.threads)))
         return 0
+    _check_interpreter("--torch-python", args.torch_python, "torch, torchdeq")
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -207,7 +221,9 @@ def main(argv=None):
             out = subprocess.run(
                 [args.torch_python, os.path.abspath(__file__), "--repeats", str(args.repeats),
                  "--threads", str(args.threads), "--torch-side", case, npz_path],
-                check=True, capture_output=True, text=True)
+                capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"The torchdeq side failed ({args.torch_python}):\n{out.stderr[-3000:]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{'case':6} {'impl':15} {'s/step':>9} {'fwd it':>7} {'bwd it':>7} "
           f"{'|z*| sum':>12} {'vs torchdeq':>12}")

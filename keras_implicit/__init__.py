@@ -2,7 +2,8 @@
 
 Neural ODEs (``layers.NeuralODE``), Deep Equilibrium models (``layers.DEQ``),
 continuous normalizing flows (``bijectors.FFJORD``, ``models.ContinuousFlow``)
-and latent ODEs (``models.LatentODE``), built on a functional core in ``ops``.
+and latent ODEs (``models.LatentODE``), built on a functional core in ``ops``;
+``distribute.fit`` trains any of them on several machines.
 """
 
 import os as _os
@@ -36,9 +37,12 @@ from keras_implicit import applications  # noqa: E402
 from keras_implicit import bijectors  # noqa: E402
 from keras_implicit import callbacks  # noqa: E402
 from keras_implicit import datasets  # noqa: E402
+from keras_implicit import distribute  # noqa: E402
 from keras_implicit import layers  # noqa: E402
 from keras_implicit import models  # noqa: E402
 from keras_implicit import ops  # noqa: E402
+from keras_implicit import serialization  # noqa: E402
 from keras_implicit import solvers  # noqa: E402
+from keras_implicit import validation  # noqa: E402
 
 __version__ = "0.1.0"

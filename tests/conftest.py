@@ -8,6 +8,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Property-based tests: "ci" (default) keeps each property to a few seconds; "long" is the
+# thorough run: HYPOTHESIS_PROFILE=long pytest tests/ops/test_solver_properties.py -n 0
+# No deadline: the first example of a property traces TensorFlow functions.
+settings.register_profile("ci", max_examples=8, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=2000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Logical devices must be configured before TensorFlow initialises its runtime,
 # that is before any test runs an op.

@@ -2,20 +2,14 @@
 
 import keras
 
+from keras_implicit import validation
 from keras_implicit.layers.deq import DEQ
 from keras_implicit.layers.deq_cells import DEQConvCell
 
 
-def _check_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
-    return value
-
-
 def deq_mnist(*, input_shape=(28, 28, 1), num_classes=10, channels=32, hidden_channels=64,
-              groups=8, solver="anderson", tol=1e-3, max_iter=30, backward_solver=None,
-              backward_tol=None, backward_max_iter=None, gradient="implicit",
-              jacobian_penalty=0.0, on_failure="warn", name="deq_mnist"):
+              groups=8, solver="anderson", tol=1e-3, max_iter=30, gradient="implicit",
+              jacobian_penalty=0.0, on_failure="warn", jit_cell=False, name="deq_mnist"):
     """Builds a small convolutional DEQ classifier (logits) for 28×28 images.
 
     Injection: a stride-2 3×3 convolution and GroupNorm map the image to a
@@ -31,9 +25,9 @@ def deq_mnist(*, input_shape=(28, 28, 1), num_classes=10, channels=32, hidden_ch
         channels: channels of the equilibrium state, default 32.
         hidden_channels: channels inside the cell, default 64.
         groups: GroupNormalization groups; must divide both channel counts.
-        solver, tol, max_iter, backward_solver, backward_tol,
-            backward_max_iter, gradient, jacobian_penalty, on_failure: those
-            of :class:`ki.layers.DEQ`.
+        solver, tol, max_iter, gradient, jacobian_penalty, on_failure, jit_cell:
+            those of :class:`ki.layers.DEQ` (``gradient`` also as
+            ``ki.ops.Implicit(solver, tol, max_iter)`` etc.).
         name: the model's name.
 
     Returns:
@@ -51,10 +45,10 @@ def deq_mnist(*, input_shape=(28, 28, 1), num_classes=10, channels=32, hidden_ch
         Bai, Kolter & Koltun 2019, Deep Equilibrium Models; Kolter, Duvenaud &
         Johnson 2020, Deep Implicit Layers tutorial (chapter 4).
     """
-    channels = _check_int("channels", channels)
-    hidden_channels = _check_int("hidden_channels", hidden_channels)
-    groups = _check_int("groups", groups)
-    num_classes = _check_int("num_classes", num_classes)
+    channels = validation.positive_int("channels", channels)
+    hidden_channels = validation.positive_int("hidden_channels", hidden_channels)
+    groups = validation.positive_int("groups", groups)
+    num_classes = validation.positive_int("num_classes", num_classes)
     if channels % groups or hidden_channels % groups:
         raise ValueError(f"`groups` must divide `channels` and `hidden_channels`. Received: "
                          f"groups={groups}, channels={channels}, hidden_channels={hidden_channels}")
@@ -62,9 +56,8 @@ def deq_mnist(*, input_shape=(28, 28, 1), num_classes=10, channels=32, hidden_ch
     x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", name="injection_conv")(inputs)
     x = keras.layers.GroupNormalization(groups, name="injection_norm")(x)
     z = DEQ(DEQConvCell(hidden_channels, groups=groups, name="cell"), solver=solver, tol=tol,
-            max_iter=max_iter, backward_solver=backward_solver, backward_tol=backward_tol,
-            backward_max_iter=backward_max_iter, gradient=gradient,
-            jacobian_penalty=jacobian_penalty, on_failure=on_failure, name="deq")(x)
+            max_iter=max_iter, gradient=gradient, jacobian_penalty=jacobian_penalty,
+            on_failure=on_failure, jit_cell=jit_cell, name="deq")(x)
     y = keras.layers.Conv2D(2 * channels, 3, strides=2, padding="same", activation="relu",
                             name="head_conv")(z)
     y = keras.layers.Flatten(name="head_flatten")(y)

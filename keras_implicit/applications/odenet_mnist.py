@@ -4,7 +4,7 @@ import keras
 
 from keras_implicit.applications.odenet_blocks import ODEBlockDynamics, ResidualBlock
 from keras_implicit.layers.neural_ode import NeuralODE
-from keras_implicit.solvers import registry
+from keras_implicit.solvers import base as solver_base
 
 KINDS = ("mlp", "resnet", "rknet", "odenet")
 
@@ -142,7 +142,7 @@ def odenet_mnist(kind="odenet", *, input_shape=(28, 28, 1), num_classes=10, filt
 
 
 def _is_adaptive(solver):
-    return registry.get(solver).adaptive
+    return solver_base.get(solver).adaptive
 
 
 def _reject_foreign_options(kind, **options):

@@ -1,41 +1,15 @@
 """``FFJORD``: a continuous normalizing flow as a TensorFlow Probability bijector."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import cache_util
 
+from keras_implicit import validation
 from keras_implicit.bijectors import augmented_dynamics as aug
-from keras_implicit.layers.neural_ode import takes_time
-from keras_implicit.ops import gradients as gradients_lib
+from keras_implicit.layers.time_dynamics import call_dynamics, takes_time
 from keras_implicit.ops import trace as trace_lib
-from keras_implicit.solvers import registry
-
-
-def _number(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a number. Received: {name}={value!r}")
-    return float(value)
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
-    return int(value)
-
-
-def _event_shape(event_shape):
-    if event_shape is None:
-        return None
-    try:
-        shape = tuple(int(d) for d in event_shape)
-    except (TypeError, ValueError):
-        shape = ()
-    if not shape or any(d < 1 for d in shape) or len(shape) != len(tuple(event_shape)):
-        raise ValueError(f"`event_shape` must be a non-empty tuple of positive ints or None. "
-                         f"Received: event_shape={event_shape!r}")
-    return shape
+from keras_implicit.ops.ode_options import ODEOptions
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -56,21 +30,20 @@ class FFJORD(tfp.bijectors.Bijector):
             without ``t`` is autonomous. Examples must not interact (no batch
             statistics). Its variables are this bijector's variables.
         t0, t1: the times of ``forward``'s input and output (``t1 != t0``).
-        solver: an ``odeint`` solver name, config dict or ``ODESolver``.
-        rtol, atol: tolerances of adaptive solvers, > 0.
+        solver, rtol, atol, num_steps, gradient, max_num_steps, step_control,
+            jit_dynamics, on_failure: the options of every ``odeint`` solve of
+            the flow (see ``ki.ops.odeint``); ``rtol`` and ``atol`` default to
+            1e-5.
         trace: ``"hutchinson"`` (unbiased, cost independent of the dimension)
             or ``"exact"`` (cost proportional to the dimension). Settable
             later through the ``trace`` attribute.
         noise: Hutchinson probes, ``"rademacher"`` or ``"gaussian"``.
         num_probes: Hutchinson probes per solve, averaged (int >= 1).
-        gradient: ``"adjoint"``, ``"backprop"`` or ``ki.ops.Adjoint(...)``.
         regularizers: RNODE terms to integrate with the flow, among
             ``"kinetic_energy"`` and ``"jacobian_frobenius"`` (Finlay et al. 2020).
         event_shape: the shape of one event, any rank, e.g. ``(2,)`` or
             ``(28, 28, 1)``; ``None`` for vectors whose size is fixed by the
             first call. Inputs of another event shape are rejected.
-        num_steps: total steps of fixed-grid solvers over ``[t0, t1]``.
-        max_num_steps: bound on the steps of one adaptive solve.
         validate_args, name: as for every bijector.
 
     Call arguments (of ``forward``, ``inverse`` and the log-det methods):
@@ -85,7 +58,7 @@ class FFJORD(tfp.bijectors.Bijector):
         ``inverse_regularization`` read the regularisers from the cache.
 
     Example:
-        >>> dynamics = ki.models.continuous_flow.ConcatMLP((64, 64))
+        >>> dynamics = ki.layers.ConcatMLP((64, 64))
         >>> flow = ki.bijectors.FFJORD(dynamics, event_shape=(2,))
         >>> dist = tfd.TransformedDistribution(
         ...     tfd.MultivariateNormalDiag(tf.zeros(2)), flow)
@@ -104,6 +77,7 @@ class FFJORD(tfp.bijectors.Bijector):
     def __init__(self, dynamics, t0=0.0, t1=1.0, solver="dopri5", rtol=1e-5, atol=1e-5,
                  trace="hutchinson", noise="rademacher", num_probes=1, gradient="adjoint",
                  regularizers=(), event_shape=None, num_steps=None, max_num_steps=10_000,
+                 step_control=None, jit_dynamics="auto", on_failure="raise",
                  validate_args=False, name="ffjord"):
         parameters = dict(locals())
         if not isinstance(dynamics, keras.layers.Layer):
@@ -111,32 +85,17 @@ class FFJORD(tfp.bijectors.Bijector):
                             f"Received: dynamics={dynamics!r}")
         self._dynamics = dynamics
         self._time_dependent = takes_time(dynamics)
-        self._t0 = _number("t0", t0)
-        self._t1 = _number("t1", t1)
+        self._t0 = validation.check_float("t0", t0)
+        self._t1 = validation.check_float("t1", t1)
         if self._t0 == self._t1:
             raise ValueError(f"`t0` and `t1` must differ. Received: t0={t0}, t1={t1}")
-        self._solver = registry.get(solver)
-        self._gradient = gradients_lib.get(gradient)
-        self._rtol, self._atol = _number("rtol", rtol), _number("atol", atol)
-        for label, value in (("rtol", self._rtol), ("atol", self._atol)):
-            if value <= 0:
-                raise ValueError(f"`{label}` must be > 0. Received: {label}={value}")
+        self._options = ODEOptions(solver, rtol, atol, num_steps, gradient, max_num_steps,
+                                   step_control, jit_dynamics, on_failure)
         self._trace = aug.check_trace_method(trace)
         self._noise = trace_lib.check_noise_kind(noise)
-        self._num_probes = _positive_int("num_probes", num_probes)
+        self._num_probes = validation.positive_int("num_probes", num_probes)
         self._regularizers = aug.check_regularizers(regularizers)
-        self._event = _event_shape(event_shape)
-        if num_steps is not None:
-            num_steps = _positive_int("num_steps", num_steps)
-        if not self._solver.adaptive and num_steps is None:
-            raise ValueError(f"The fixed-grid solver {self._solver.name!r} needs `num_steps` "
-                             f"(an int >= 1). Received: num_steps=None")
-        self._num_steps = num_steps
-        self._max_num_steps = _positive_int("max_num_steps", max_num_steps)
-        if isinstance(self._gradient, gradients_lib.Backprop) and not self._solver.differentiable:
-            raise ValueError(
-                f"The solver {self._solver.name!r} cannot be backpropagated through; use "
-                f"gradient='adjoint'. Received: gradient='backprop', solver={self._solver.name!r}")
+        self._event = validation.optional(validation.check_shape, "event_shape", event_shape)
         if self._event is not None and not dynamics.built:
             dynamics.build((None,) + self._event)
         event_ndims = 1 if self._event is None else len(self._event)
@@ -187,17 +146,19 @@ class FFJORD(tfp.bijectors.Bijector):
         # are not reused.
         self._parameters = self._no_dependency({**self._parameters, "trace": self._trace})
 
+    @property
+    def options(self):
+        """The validated ``ODEOptions`` of the flow's solves."""
+        return self._options
+
     def get_config(self):
         return {
             "dynamics": keras.saving.serialize_keras_object(self._dynamics),
             "t0": self._t0, "t1": self._t1,
-            "solver": registry.serialize(self._solver),
-            "rtol": self._rtol, "atol": self._atol, "trace": self._trace,
-            "noise": self._noise, "num_probes": self._num_probes,
-            "gradient": gradients_lib.serialize(self._gradient),
+            **self._options.get_config(),
+            "trace": self._trace, "noise": self._noise, "num_probes": self._num_probes,
             "regularizers": list(self._regularizers),
             "event_shape": None if self._event is None else list(self._event),
-            "num_steps": self._num_steps, "max_num_steps": self._max_num_steps,
             "validate_args": self.validate_args, "name": self.name,
         }
 
@@ -209,8 +170,8 @@ class FFJORD(tfp.bijectors.Bijector):
 
     def _dynamics_fn(self, t, z):
         dtype = z.dtype
-        f = self._dynamics(z, t=t) if self._time_dependent else self._dynamics(z)
-        f = tf.convert_to_tensor(f)
+        f = tf.convert_to_tensor(call_dynamics(self._dynamics, z, tf.cast(t, dtype),
+                                               self._time_dependent))
         if f.dtype != dtype:
             raise TypeError(
                 f"The dynamics returned {f.dtype.name} for a state of dtype {dtype.name}; "
@@ -273,9 +234,7 @@ class FFJORD(tfp.bijectors.Bijector):
             self._dynamics_fn, flat, t_start, t_end, trace=self._trace,
             noise=self._noise, num_probes=self._num_probes, regularizers=self._regularizers,
             seed=seed, log_det=log_det, on_backward=on_backward, fn_cache=self._fn_cache,
-            odeint_options={"solver": self._solver, "rtol": self._rtol, "atol": self._atol,
-                            "gradient": self._gradient, "num_steps": self._num_steps,
-                            "max_num_steps": self._max_num_steps})
+            odeint_options=self._options.as_kwargs())
         if len(self._dynamics_variables) != len(self._dynamics.variables):
             self._track_variables()  # the dynamics were built by this solve
 

@@ -28,10 +28,13 @@ import sys
 
 SCALE = 4
 FILTERS = 64
+# The subprocess's --jit-dynamics values and NeuralODE's jit_dynamics.
+_JIT_CHOICES = {"auto": "auto", "true": True, "false": False}
+_JIT_CHOICES_BACK = {"auto": "auto", True: "true", False: "false"}
 
 
 def feature_stack(kind, *, num_blocks=6, num_steps=4, t1=1.0, gradient=None,
-                  jit_dynamics=False, filters=FILTERS, seed=0):
+                  jit_dynamics=None, filters=FILTERS, seed=0):
     """The part of a Table 1 model that differs between them, alone, as a Keras model.
 
     Args:
@@ -39,7 +42,8 @@ def feature_stack(kind, *, num_blocks=6, num_steps=4, t1=1.0, gradient=None,
             ``num_steps`` steps, backprop) or ``"odenet"`` (dopri5, adjoint).
         t1: end of the integration interval [0, t1] of the ODE kinds.
         gradient: overrides the ODE kinds' gradient.
-        jit_dynamics: compile the ODE kinds' dynamics with XLA.
+        jit_dynamics: the ODE kinds' ``jit_dynamics`` (``"auto"``, ``True`` or
+            ``False``); ``None``: ``NeuralODE``'s default, as ``odenet_mnist``.
         filters: channels of the 6x6 state.
         seed: weight initialisation.
 
@@ -64,8 +68,9 @@ def feature_stack(kind, *, num_blocks=6, num_steps=4, t1=1.0, gradient=None,
             settings["num_steps"] = num_steps
         if gradient is not None:
             settings["gradient"] = gradient
-        x = NeuralODE(ODEBlockDynamics(filters), t1=t1, jit_dynamics=jit_dynamics,
-                      name="neural_ode", **settings)(x)
+        if jit_dynamics is not None:
+            settings["jit_dynamics"] = jit_dynamics
+        x = NeuralODE(ODEBlockDynamics(filters), t1=t1, name="neural_ode", **settings)(x)
     else:
         raise ValueError(f"Unknown `kind`. Valid kinds: ['odenet', 'resnet', 'rknet']. "
                          f"Received: kind={kind!r}")
@@ -120,7 +125,7 @@ def _nfe(model):
     return None, None
 
 
-def measure(kind, batch_size, rknet_steps=4, jit_dynamics=False, scales=(1, SCALE)):
+def measure(kind, batch_size, rknet_steps=4, jit_dynamics=None, scales=(1, SCALE)):
     """Peak bytes of one warm training step of ``feature_stack`` at each scale.
 
     Returns:
@@ -172,8 +177,8 @@ def measure_in_subprocess(kind, settings, timeout=1800):
     command = [sys.executable, "-m", "keras_implicit.experiments.block_memory", "--kind", kind,
                "--batch-size", str(settings["batch_size"]),
                "--rknet-steps", str(settings["rknet_steps"])]
-    if settings.get("jit_dynamics"):
-        command.append("--jit-dynamics")
+    if settings.get("jit_dynamics") is not None:
+        command += ["--jit-dynamics", _JIT_CHOICES_BACK[settings["jit_dynamics"]]]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)  # the child sets it (a test may have set false)
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
@@ -192,9 +197,10 @@ def main(argv=None):
     parser.add_argument("--kind", choices=("resnet", "rknet", "odenet"), required=True)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rknet-steps", type=int, default=4)
-    parser.add_argument("--jit-dynamics", action="store_true")
+    parser.add_argument("--jit-dynamics", choices=tuple(_JIT_CHOICES), default=None)
     args = parser.parse_args(argv)
-    results = measure(args.kind, args.batch_size, args.rknet_steps, args.jit_dynamics)
+    results = measure(args.kind, args.batch_size, args.rknet_steps,
+                      None if args.jit_dynamics is None else _JIT_CHOICES[args.jit_dynamics])
     print(json.dumps(summary(args.kind, results)))
     return 0
 

@@ -74,8 +74,11 @@ def add_arguments(parser):
                              "recipe's, quick off, paper on)")
     parser.add_argument("--rknet-steps", type=arguments.positive_int, default=None,
                         help=f"RK4 steps of the RK-Net (default {DEFAULT_RKNET_STEPS})")
-    parser.add_argument("--jit-dynamics", action="store_true",
-                        help="compile the RK-Net's and ODE-Net's dynamics with XLA")
+    parser.add_argument("--jit-dynamics", action=argparse.BooleanOptionalAction, default=None,
+                        help="compile the RK-Net's and ODE-Net's dynamics with XLA "
+                             "(jit_dynamics=True) or not (--no-jit-dynamics); default the "
+                             "library's 'auto', which compiles these convolutional dynamics "
+                             "alone too")
     parser.add_argument("--block-memory", action=argparse.BooleanOptionalAction, default=True,
                         help="measure the block-memory column (default on; a subprocess "
                              "per model, about a minute in all)")
@@ -164,7 +167,8 @@ def validate(args):
         "batch_size": args.batch_size,
         **training,
         "rknet_steps": args.rknet_steps or DEFAULT_RKNET_STEPS,
-        "jit_dynamics": bool(args.jit_dynamics),
+        # "auto" (the library's default), True or False: NeuralODE's jit_dynamics.
+        "jit_dynamics": "auto" if args.jit_dynamics is None else args.jit_dynamics,
         "seed": args.seed,
     }
     args.run_directory = run_directory.RunDirectory(args.out, "table1", args.settings,

@@ -52,7 +52,10 @@ def markdown(rows, settings):
             f"| {_number(row['time_per_step_ms'], '.0f')} ms | {_show(row['nfe_forward'])} "
             f"| {_show(row['nfe_backward'])} | {paper['test_error']:.2f}% "
             f"| {paper['params_m']:.2f}M | {paper['memory']} |")
-    xla = "; ODE dynamics compiled by XLA" if settings.get("jit_dynamics") else ""
+    xla = {True: "; ODE dynamics compiled by XLA (jit_dynamics=True)",
+           False: "; ODE dynamics not compiled (jit_dynamics=False)",
+           "auto": "; jit_dynamics='auto' (XLA compiles the convolutional ODE dynamics alone)",
+           }.get(settings.get("jit_dynamics"), "")
     hours = sum(row.get("train_seconds") or 0 for row in rows) / 3600
     notes = [
         "",

@@ -59,8 +59,8 @@ def build_model(kind, settings):
     options = {}
     if kind == "rknet":
         options["num_steps"] = settings["rknet_steps"]
-    if kind in ("rknet", "odenet") and settings["jit_dynamics"]:
-        options["jit_dynamics"] = True
+    if kind in ("rknet", "odenet"):
+        options["jit_dynamics"] = settings["jit_dynamics"]
     model = applications.odenet_mnist(kind, **options)
     steps_per_epoch = settings["train_size"] // settings["batch_size"]
     model.compile(optimizer=table1_recipe.build_optimizer(settings, steps_per_epoch),
@@ -77,8 +77,7 @@ def _ode_layers(model):
 
 def _gradient(model):
     for layer in _ode_layers(model):
-        gradient = layer.get_config()["gradient"]
-        return gradient if isinstance(gradient, str) else gradient["name"]
+        return layer.gradient.name  # a gradient strategy (ki.ops.Adjoint, Backprop, ...)
     return "backprop"
 
 

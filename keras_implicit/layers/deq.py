@@ -1,19 +1,50 @@
 """``DEQ``: a Keras layer whose output is the fixed point of a cell."""
 
+import warnings
+
 import keras
-import numpy as np
 import tensorflow as tf
 
+from keras_implicit import validation
 from keras_implicit.layers import deq_cells  # noqa: F401  (registers the cells for loading)
 from keras_implicit.layers.solver_stats import SolverStatsMixin
-from keras_implicit.ops.fixed_point import GRADIENTS, fixed_point
-from keras_implicit.ops.fixed_point_result import ON_FAILURE
-from keras_implicit.ops.jit import check_jit_flag
-from keras_implicit.solvers import fixed_point_base
-from keras_implicit.solvers import fixed_point_registry
+from keras_implicit.ops.fixed_point import FixedPointOptions, fixed_point
+from keras_implicit.ops.fixed_point_gradients import Phantom
+from keras_implicit.ops.implicit_gradient import Implicit
 
 _STATS = {"iterations_forward": "int32", "iterations_backward": "int32",
           "residual": "float32", "converged": "int32"}
+
+# Arguments of keras_implicit 0.1.0, now options of the gradient strategy.
+_LEGACY = ("backward_solver", "backward_tol", "backward_max_iter", "phantom_steps", "damping")
+
+
+def migrate_legacy_gradient(config):
+    """Turns a 0.1.0 DEQ/fixed-point config's flat gradient options into a strategy object.
+
+    ``backward_solver``, ``backward_tol``, ``backward_max_iter`` become
+    ``Implicit(solver, tol, max_iter)``; ``phantom_steps`` and ``damping``
+    become ``Phantom(steps, damping)``. Warns (``DeprecationWarning``) when
+    any is present. Returns a new config.
+    """
+    config = dict(config)
+    legacy = {k: config.pop(k) for k in _LEGACY if k in config}
+    if not legacy:
+        return config
+    warnings.warn(
+        f"DEQ options {sorted(legacy)} (keras_implicit 0.1.0) are now options of the gradient "
+        f"strategy: gradient=ki.ops.Implicit(solver, tol, max_iter) or "
+        f"ki.ops.Phantom(steps, damping). Migrated; save the model again to update its file.",
+        DeprecationWarning, stacklevel=3)
+    gradient = config.get("gradient", "implicit")
+    if gradient == "implicit":
+        config["gradient"] = Implicit(solver=legacy.get("backward_solver"),
+                                      tol=legacy.get("backward_tol"),
+                                      max_iter=legacy.get("backward_max_iter"))
+    elif gradient == "phantom":
+        phantom = {"steps": legacy.get("phantom_steps"), "damping": legacy.get("damping")}
+        config["gradient"] = Phantom(**{k: v for k, v in phantom.items() if v is not None})
+    return config
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -36,19 +67,16 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
         tol: tolerance of every sample's relative residual
             ``||cell(z) - z|| / ||cell(z)||`` (``stop_mode="abs"``: absolute), > 0.
         max_iter: bound on the evaluations of the cell, >= 1.
-        backward_solver, backward_tol, backward_max_iter: those of the
-            backward (implicit) solve; ``None`` uses the forward ones.
-        gradient: ``"implicit"`` (default), ``"phantom"`` (``phantom_steps``
-            damped unrolled steps from ``z*``) or ``"unrolled"``
-            (backpropagation through every iteration).
+        gradient: ``"implicit"`` (default), ``"phantom"``, ``"unrolled"`` or a
+            strategy with options: ``ki.ops.Implicit(solver, tol, max_iter)``
+            (the backward solve's; ``None`` uses the forward ones),
+            ``ki.ops.Phantom(steps, damping)``, ``ki.ops.Unrolled()``.
         jacobian_penalty: weight >= 0 of the Jacobian regularisation loss
             ``weight * ||d cell/dz (z*)||_F^2 / dim(z)`` (a one-probe Hutchinson
             estimate, Bai et al. 2021), added with ``add_loss`` in training.
         state_shape: shape of ``z`` without the batch axis; ``None`` (default)
             uses the input's shape.
         stop_mode: ``"rel"`` (default) or ``"abs"``.
-        phantom_steps: int >= 1, steps of the ``"phantom"`` gradient.
-        damping: in (0, 1], damping of the ``"phantom"`` steps.
         on_failure: ``"warn"`` (default: eagerly a Python
             ``FixedPointWarning``, in graphs such as ``fit`` a line on stderr),
             ``"raise"`` or ``"ignore"``, when a solve ends without converging.
@@ -64,16 +92,21 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
     Returns:
         ``z*``, ``(batch,) + state_shape``.
 
+    Mixed precision: under a mixed policy the cell runs in the compute dtype
+    and the solver (residuals, Anderson's least squares, Broyden's updates) in
+    float32; a ``tol`` below the compute dtype's epsilon is floored to it with
+    a warning.
+
     Statistics: ``solver_stats()`` returns the last call's
     ``iterations_forward``, ``iterations_backward`` (of the last gradient:
-    the implicit solve's iterations, ``phantom_steps``, or 0 when unrolled),
+    the implicit solve's iterations, the phantom steps, or 0 when unrolled),
     ``residual`` (forward, in ``stop_mode``) and ``converged`` (0 or 1);
     ``ki.callbacks.SolverStats`` logs them.
 
     Example:
         >>> model = keras.Sequential([
         ...     keras.Input((16,)),
-        ...     ki.layers.DEQ(ki.layers.deq_cells.DEQDenseCell(), tol=1e-4),
+        ...     ki.layers.DEQ(ki.layers.DEQDenseCell(), tol=1e-4),
         ...     keras.layers.Dense(10),
         ... ])
 
@@ -83,71 +116,39 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
         Geng et al. 2021, On Training Implicit Models.
     """
 
-    def __init__(self, cell, solver="anderson", tol=1e-4, max_iter=50, backward_solver=None,
-                 backward_tol=None, backward_max_iter=None, gradient="implicit",
-                 jacobian_penalty=0.0, state_shape=None, stop_mode="rel", phantom_steps=1,
-                 damping=1.0, on_failure="warn", jit_cell=False, **kwargs):
+    def __init__(self, cell, solver="anderson", tol=1e-4, max_iter=50, gradient="implicit",
+                 jacobian_penalty=0.0, state_shape=None, stop_mode="rel", on_failure="warn",
+                 jit_cell=False, **kwargs):
+        removed = sorted(set(_LEGACY) & set(kwargs))
+        if removed:
+            raise TypeError(
+                f"{removed} are no longer DEQ arguments: pass "
+                f"gradient=ki.ops.Implicit(solver=..., tol=..., max_iter=...) or "
+                f"gradient=ki.ops.Phantom(steps=..., damping=...). Received: "
+                f"{ {k: kwargs[k] for k in removed} }")
         super().__init__(**kwargs)
         if not isinstance(cell, keras.layers.Layer):
             raise TypeError(
                 f"`cell` must be a Keras layer with call(z, x). Received: cell={cell!r}")
         self.cell = cell
-        self._solver = fixed_point_registry.get(solver)
-        self._backward_solver = None if backward_solver is None else fixed_point_registry.get(
-            backward_solver, argument="backward_solver")
-        fixed_point_base.check_solve_arguments(tol, max_iter, stop_mode)
-        self.tol, self.max_iter, self.stop_mode = float(tol), int(max_iter), stop_mode
-        fixed_point_base.check_solve_arguments(
-            tol if backward_tol is None else backward_tol,
-            max_iter if backward_max_iter is None else backward_max_iter, stop_mode,
-            prefix="backward_")
-        self.backward_tol = None if backward_tol is None else float(backward_tol)
-        self.backward_max_iter = None if backward_max_iter is None else int(backward_max_iter)
-        if gradient not in GRADIENTS:
-            raise ValueError(
-                f"`gradient` must be one of {list(GRADIENTS)}. Received: gradient={gradient!r}")
-        self.gradient = gradient
-        if isinstance(jacobian_penalty, bool) or not isinstance(
-                jacobian_penalty, (int, float, np.integer, np.floating)) \
-                or not jacobian_penalty >= 0:
-            raise ValueError(f"`jacobian_penalty` must be a number >= 0. "
-                             f"Received: jacobian_penalty={jacobian_penalty!r}")
-        self.jacobian_penalty = float(jacobian_penalty)
-        self.state_shape = self._check_state_shape(state_shape)
-        self.phantom_steps = fixed_point_base.check_positive_int("phantom_steps", phantom_steps)
-        self.damping = fixed_point_base.check_damping(damping)
-        if on_failure not in ON_FAILURE:
-            raise ValueError(
-                f"`on_failure` must be one of {list(ON_FAILURE)}. "
-                f"Received: on_failure={on_failure!r}")
-        self.on_failure = on_failure
-        check_jit_flag("jit_cell", jit_cell)
-        self.jit_cell = jit_cell
+        self.options = FixedPointOptions(solver, tol, max_iter, stop_mode, gradient, on_failure,
+                                         jit_cell)
+        self.jacobian_penalty = validation.nonnegative_float("jacobian_penalty",
+                                                             jacobian_penalty)
+        self.state_shape = validation.optional(validation.check_shape, "state_shape",
+                                               state_shape)
         # Failures are reported with tf.debugging.Assert / tf.print, which XLA
         # does not run: keep jit_compile="auto" off (an explicit jit_compile=True
         # trains, but then non-convergence shows only in the statistics).
         self.supports_jit = False
 
-    @staticmethod
-    def _check_state_shape(state_shape):
-        if state_shape is None:
-            return None
-        try:
-            shape = tuple(int(d) for d in state_shape)
-        except (TypeError, ValueError):
-            shape = ()
-        if not shape or any(d < 1 for d in shape):
-            raise ValueError(f"`state_shape` must be a non-empty tuple of positive ints (without "
-                             f"the batch axis). Received: state_shape={state_shape!r}")
-        return shape
-
-    @property
-    def solver(self):
-        return self._solver
-
-    @property
-    def backward_solver(self):
-        return self._backward_solver
+    solver = property(lambda self: self.options.solver)
+    gradient = property(lambda self: self.options.gradient)
+    tol = property(lambda self: self.options.tol)
+    max_iter = property(lambda self: self.options.max_iter)
+    stop_mode = property(lambda self: self.options.stop_mode)
+    on_failure = property(lambda self: self.options.on_failure)
+    jit_cell = property(lambda self: self.options.jit_cell)
 
     def _z_shape(self, input_shape):
         if self.state_shape is None:
@@ -175,21 +176,17 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
             z0 = tf.ensure_shape(z0, (None,) + self.state_shape)
         penalty = bool(training) and self.jacobian_penalty > 0
         result = fixed_point(
-            lambda z, x: self.cell(z, x), inputs, z0, solver=self._solver, tol=self.tol,
-            max_iter=self.max_iter, stop_mode=self.stop_mode,
-            backward_solver=self._backward_solver, backward_tol=self.backward_tol,
-            backward_max_iter=self.backward_max_iter, gradient=self.gradient,
-            phantom_steps=self.phantom_steps, damping=self.damping, jacobian_penalty=penalty,
-            on_failure=self.on_failure, on_backward=self._record_backward,
-            jit_cell=self.jit_cell)
+            lambda z, x: self.cell(z, x), inputs, z0, **self.options.as_kwargs(),
+            jacobian_penalty=penalty, on_backward=self._record_backward)
         stats = result.stats
         residual = stats.rel_residual if self.stop_mode == "rel" else stats.abs_residual
         values = {"iterations_forward": stats.forward_iterations, "residual": residual,
                   "converged": stats.converged}
-        if self.gradient != "implicit":
+        if not isinstance(self.gradient, Implicit):
             # The implicit backward solve records its own count when a gradient is
             # taken; inference keeps the last one.
-            values["iterations_backward"] = self.phantom_steps if self.gradient == "phantom" else 0
+            backward = stats.backward_iterations
+            values["iterations_backward"] = 0 if backward is None else backward
         self._record_solver_stats(values)
         if penalty:
             self.add_loss(self.jacobian_penalty * result.jacobian_penalty)
@@ -205,25 +202,13 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
         return {
             **super().get_config(),
             "cell": keras.saving.serialize_keras_object(self.cell),
-            "solver": fixed_point_registry.serialize(self._solver),
-            "tol": self.tol,
-            "max_iter": self.max_iter,
-            "backward_solver": None if self._backward_solver is None
-            else fixed_point_registry.serialize(self._backward_solver),
-            "backward_tol": self.backward_tol,
-            "backward_max_iter": self.backward_max_iter,
-            "gradient": self.gradient,
+            **self.options.get_config(),
             "jacobian_penalty": self.jacobian_penalty,
             "state_shape": None if self.state_shape is None else list(self.state_shape),
-            "stop_mode": self.stop_mode,
-            "phantom_steps": self.phantom_steps,
-            "damping": self.damping,
-            "on_failure": self.on_failure,
-            "jit_cell": self.jit_cell,
         }
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = migrate_legacy_gradient(config)
         config["cell"] = keras.saving.deserialize_keras_object(config["cell"])
         return cls(**config)

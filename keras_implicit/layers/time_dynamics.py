@@ -1,7 +1,29 @@
-"""Layers that take the ODE time ``t`` as an extra input: dynamics building blocks."""
+"""Dynamics building blocks: layers that take the ODE time ``t`` as an extra input.
+
+``takes_time`` tells whether a dynamics layer's ``call`` accepts ``t``; the
+``Concat*`` layers append ``t`` as a feature or a channel.
+"""
+
+import inspect
 
 import keras
 from keras import ops
+
+from keras_implicit import validation
+
+
+def takes_time(layer):
+    """Whether a dynamics layer's ``call`` accepts the keyword ``t``."""
+    parameters = inspect.signature(layer.call).parameters
+    return "t" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def call_dynamics(layer, state, t, time_dependent=None):
+    """``layer(state, t=t)`` if it takes time, else ``layer(state)``."""
+    if time_dependent is None:
+        time_dependent = takes_time(layer)
+    return layer(state, t=t) if time_dependent else layer(state)
 
 
 def _time_column(inputs, t):
@@ -39,9 +61,7 @@ class ConcatDense(keras.layers.Layer):
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
-            raise ValueError(f"`units` must be an int >= 1. Received: units={units!r}")
-        self.units = units
+        self.units = validation.positive_int("units", units)
         self.dense = keras.layers.Dense(
             units, activation=activation, use_bias=use_bias,
             kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
@@ -103,9 +123,7 @@ class ConcatConv2D(keras.layers.Layer):
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(filters, int) or isinstance(filters, bool) or filters < 1:
-            raise ValueError(f"`filters` must be an int >= 1. Received: filters={filters!r}")
-        self.filters = filters
+        self.filters = validation.positive_int("filters", filters)
         self.conv = keras.layers.Conv2D(
             filters, kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate,
             activation=activation, use_bias=use_bias, kernel_initializer=kernel_initializer,
@@ -128,3 +146,61 @@ class ConcatConv2D(keras.layers.Layer):
                 "kernel_initializer", "bias_initializer", "kernel_regularizer",
                 "bias_regularizer"]
         return {**super().get_config(), "filters": self.filters, **{k: conv[k] for k in keys}}
+
+
+@keras.saving.register_keras_serializable(package="keras_implicit")
+class ConcatMLP(keras.layers.Layer):
+    """Time-dependent MLP dynamics: every layer sees ``[h, t]`` (a stack of ``ConcatDense``).
+
+    The output has the input's size, as the dynamics of an ODE on vectors must.
+
+    Args:
+        hidden_units: sizes of the hidden layers, e.g. ``(64, 64, 64)``.
+        activation: activation of the hidden layers (the output is linear).
+
+    Call arguments:
+        inputs: ``(batch, features)``.
+        t: scalar time (keyword); ``None`` means 0.
+
+    Returns:
+        ``(batch, features)``.
+
+    Example:
+        >>> ConcatMLP((64, 64, 64))(keras.ops.ones((4, 2)), t=0.5).shape
+        (4, 2)
+
+    Reference:
+        Grathwohl et al. 2019 (FFJORD): the "concat" layers of its toy experiments.
+    """
+
+    def __init__(self, hidden_units=(64, 64, 64), activation="tanh", **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = validation.check_shape("hidden_units", hidden_units)
+        self.activation = keras.activations.get(activation)
+        self.hidden = [ConcatDense(u, activation=activation, dtype=self.dtype_policy,
+                                   name=f"hidden_{i}") for i, u in enumerate(self.hidden_units)]
+        self.output_layer = None
+
+    def build(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(f"ConcatMLP needs inputs of shape (batch, features). "
+                             f"Received: input_shape={tuple(input_shape)}")
+        shape = tuple(input_shape)
+        for layer in self.hidden:
+            layer.build(shape)
+            shape = shape[:-1] + (layer.units,)
+        self.output_layer = ConcatDense(input_shape[-1], dtype=self.dtype_policy, name="output")
+        self.output_layer.build(shape)
+
+    def call(self, inputs, t=None):
+        h = inputs
+        for layer in self.hidden:
+            h = layer(h, t=t)
+        return self.output_layer(h, t=t)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": list(self.hidden_units),
+                "activation": keras.activations.serialize(self.activation)}

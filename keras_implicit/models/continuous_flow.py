@@ -7,77 +7,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_implicit import validation
 from keras_implicit.bijectors.ffjord import FFJORD
 from keras_implicit.layers.solver_stats import SolverStatsMixin
-from keras_implicit.layers.time_dynamics import ConcatDense
-from keras_implicit.ops import gradients as gradients_lib
+from keras_implicit.layers.time_dynamics import ConcatMLP
 from keras_implicit.ops import trace as trace_lib
-from keras_implicit.solvers import registry
+from keras_implicit.ops.ode_options import ODEOptions
 
 _REGULARIZERS = ("kinetic_energy", "jacobian_frobenius")
-
-
-@keras.saving.register_keras_serializable(package="keras_implicit")
-class ConcatMLP(keras.layers.Layer):
-    """Time-dependent MLP dynamics: every layer sees ``[h, t]`` (a stack of ``ConcatDense``).
-
-    The output has the input's size, as the dynamics of an ODE on vectors must.
-
-    Args:
-        hidden_units: sizes of the hidden layers, e.g. ``(64, 64, 64)``.
-        activation: activation of the hidden layers (the output is linear).
-
-    Call arguments:
-        inputs: ``(batch, features)``.
-        t: scalar time (keyword); ``None`` means 0.
-
-    Returns:
-        ``(batch, features)``.
-
-    Example:
-        >>> ConcatMLP((64, 64, 64))(keras.ops.ones((4, 2)), t=0.5).shape
-        (4, 2)
-
-    Reference:
-        Grathwohl et al. 2019 (FFJORD): the "concat" layers of its toy experiments.
-    """
-
-    def __init__(self, hidden_units=(64, 64, 64), activation="tanh", **kwargs):
-        super().__init__(**kwargs)
-        units = list(hidden_units) if isinstance(hidden_units, (list, tuple)) else None
-        if units is None or any(isinstance(u, bool) or not isinstance(u, (int, np.integer))
-                                or u < 1 for u in units):
-            raise ValueError(f"`hidden_units` must be a list of ints >= 1. "
-                             f"Received: hidden_units={hidden_units!r}")
-        self.hidden_units = tuple(int(u) for u in units)
-        self.activation = keras.activations.get(activation)
-        self.hidden = [ConcatDense(u, activation=activation, dtype=self.dtype_policy,
-                                   name=f"hidden_{i}") for i, u in enumerate(self.hidden_units)]
-        self.output_layer = None
-
-    def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(f"ConcatMLP needs inputs of shape (batch, features). "
-                             f"Received: input_shape={tuple(input_shape)}")
-        shape = tuple(input_shape)
-        for layer in self.hidden:
-            layer.build(shape)
-            shape = shape[:-1] + (layer.units,)
-        self.output_layer = ConcatDense(input_shape[-1], dtype=self.dtype_policy, name="output")
-        self.output_layer.build(shape)
-
-    def call(self, inputs, t=None):
-        h = inputs
-        for layer in self.hidden:
-            h = layer(h, t=t)
-        return self.output_layer(h, t=t)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self):
-        return {**super().get_config(), "hidden_units": list(self.hidden_units),
-                "activation": keras.activations.serialize(self.activation)}
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -97,7 +34,8 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
             ``num_blocks`` ``ConcatMLP(hidden_units, activation)`` (vectors only).
         num_blocks, hidden_units, activation: the default dynamics.
         t0, t1, solver, rtol, atol, trace, noise, num_probes, gradient,
-        num_steps, max_num_steps: of every ``ki.bijectors.FFJORD`` block.
+        num_steps, max_num_steps, step_control, jit_dynamics, on_failure: of
+            every ``ki.bijectors.FFJORD`` block.
         kinetic_energy_weight, jacobian_frobenius_weight: RNODE weights
             (>= 0; a regulariser is integrated only when its weight is > 0).
         seed: seed of the Hutchinson probes and of ``sample`` (``None``: random).
@@ -127,14 +65,11 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
     def __init__(self, dynamics=None, num_blocks=1, hidden_units=(64, 64, 64), activation="tanh",
                  t0=0.0, t1=1.0, solver="dopri5", rtol=1e-5, atol=1e-5, trace="hutchinson",
                  noise="rademacher", num_probes=1, gradient="adjoint", kinetic_energy_weight=0.0,
-                 jacobian_frobenius_weight=0.0, num_steps=None, max_num_steps=10_000, seed=None,
-                 **kwargs):
+                 jacobian_frobenius_weight=0.0, num_steps=None, max_num_steps=10_000,
+                 step_control=None, jit_dynamics="auto", on_failure="raise", seed=None, **kwargs):
         super().__init__(**kwargs)
         if dynamics is None:
-            if isinstance(num_blocks, bool) or not isinstance(num_blocks, (int, np.integer)) \
-                    or num_blocks < 1:
-                raise ValueError(
-                    f"`num_blocks` must be an int >= 1. Received: num_blocks={num_blocks!r}")
+            num_blocks = validation.positive_int("num_blocks", num_blocks)
             dynamics = [ConcatMLP(hidden_units, activation, dtype=self.dtype_policy,
                                   name=f"dynamics_{k}") for k in range(num_blocks)]
         elif isinstance(dynamics, keras.layers.Layer):
@@ -144,17 +79,16 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
             raise TypeError(f"`dynamics` must be a Keras layer, a non-empty list of them or None. "
                             f"Received: dynamics={dynamics!r}")
         self.dynamics = dynamics
-        self._regularizer_weights = {}
-        for name, weight in (("kinetic_energy_weight", kinetic_energy_weight),
-                             ("jacobian_frobenius_weight", jacobian_frobenius_weight)):
-            if isinstance(weight, bool) or not isinstance(weight, (int, float, np.number)) \
-                    or not weight >= 0:
-                raise ValueError(f"`{name}` must be a number >= 0. Received: {name}={weight!r}")
-            self._regularizer_weights[name[: -len("_weight")]] = float(weight)
+        self._regularizer_weights = {
+            "kinetic_energy": validation.nonnegative_float("kinetic_energy_weight",
+                                                           kinetic_energy_weight),
+            "jacobian_frobenius": validation.nonnegative_float("jacobian_frobenius_weight",
+                                                               jacobian_frobenius_weight)}
+        self._ode_options = ODEOptions(solver, rtol, atol, num_steps, gradient, max_num_steps,
+                                       step_control, jit_dynamics, on_failure)
         self.flow_options = {
-            "t0": t0, "t1": t1, "solver": solver, "rtol": rtol, "atol": atol, "trace": trace,
-            "noise": noise, "num_probes": num_probes, "gradient": gradient, "num_steps": num_steps,
-            "max_num_steps": max_num_steps,
+            "t0": t0, "t1": t1, **self._ode_options.as_kwargs(), "trace": trace, "noise": noise,
+            "num_probes": num_probes,
             "regularizers": [n for n in _REGULARIZERS if self._regularizer_weights[n] > 0]}
         # Validates every option now (errors name the argument); rebuilt with the event shape.
         FFJORD(dynamics[0], **self.flow_options)
@@ -308,8 +242,10 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             loss, nll, regs, nfe, backward = self._loss(x)
+            # Replicas' gradients are summed: each contributes its share of the mean.
+            share = loss / tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
-        gradients = tape.gradient(loss, variables)
+        gradients = tape.gradient(share, variables)
         self.optimizer.apply(gradients, variables)
         nfe_backward = tf.add_n(backward) if backward else tf.constant(0, tf.int32)
         return self._update_metrics(loss, nll, regs, nfe, nfe_backward)
@@ -373,8 +309,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
 
     def get_config(self):
         options = {k: v for k, v in self.flow_options.items() if k != "regularizers"}
-        options["solver"] = registry.serialize(registry.get(options["solver"]))
-        options["gradient"] = gradients_lib.serialize(gradients_lib.get(options["gradient"]))
+        options.update(self._ode_options.get_config())
         return {
             **super().get_config(),
             "dynamics": [keras.saving.serialize_keras_object(d) for d in self.dynamics],

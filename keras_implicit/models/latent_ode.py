@@ -3,22 +3,19 @@
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from keras_implicit import validation
 from keras_implicit.layers.neural_ode import NeuralODE
 from keras_implicit.models import latent_ode_inputs as inputs_lib
 from keras_implicit.models.latent_ode_parts import (GRUEncoder, ODERNNEncoder, mlp,
                                                     union_indices)
-from keras_implicit.solvers import registry
+from keras_implicit.solvers import base as solver_base
 
 _ENCODERS = ("gru", "ode_rnn")
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
-    return int(value)
+# The latent NeuralODE's options that the model takes and saves.
+_ODE_KEYS = ("t0", "solver", "rtol", "atol", "num_steps", "gradient", "max_num_steps",
+             "step_control", "jit_dynamics", "on_failure")
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -51,8 +48,8 @@ class LatentODE(keras.Model):
         dynamics: optional Keras layer ``f(z)`` (or ``f(z, t=...)``) for the
             latent ODE; default an ELU MLP with two hidden layers.
         t0: the time of ``z_t0``; all times must be ``>= t0``.
-        solver, rtol, atol, num_steps, gradient, max_num_steps: of the latent
-            ``NeuralODE`` (see there).
+        solver, rtol, atol, num_steps, gradient, max_num_steps, step_control,
+            jit_dynamics, on_failure: of the latent ``NeuralODE`` (see there).
         observation_std: standard deviation of the Gaussian observation noise, > 0.
         learn_observation_std: learn one noise scale per observed dimension,
             starting at ``observation_std``.
@@ -86,32 +83,22 @@ class LatentODE(keras.Model):
     def __init__(self, obs_dim, latent_dim, hidden_units, encoder="gru", dynamics=None, t0=0.0,
                  solver="dopri5", rtol=1e-3, atol=1e-4, num_steps=None, gradient="adjoint",
                  max_num_steps=10_000, observation_std=0.1, learn_observation_std=False,
-                 kl_weight=1.0, encoder_solver="rk4", encoder_num_steps=4, seed=None, **kwargs):
+                 kl_weight=1.0, encoder_solver="rk4", encoder_num_steps=4, seed=None,
+                 step_control=None, jit_dynamics="auto", on_failure="raise", **kwargs):
         super().__init__(**kwargs)
-        self.obs_dim = _positive_int("obs_dim", obs_dim)
-        self.latent_dim = _positive_int("latent_dim", latent_dim)
-        self.hidden_units = _positive_int("hidden_units", hidden_units)
-        if encoder not in _ENCODERS:
-            raise ValueError(f"`encoder` must be one of {list(_ENCODERS)}. "
-                             f"Received: encoder={encoder!r}")
-        self.encoder_kind = encoder
-        if isinstance(t0, bool) or not isinstance(t0, (int, float, np.number)) \
-                or not math.isfinite(t0):
-            raise ValueError(f"`t0` must be a finite number. Received: t0={t0!r}")
-        if isinstance(observation_std, bool) or not isinstance(
-                observation_std, (int, float, np.number)) or not observation_std > 0:
-            raise ValueError(f"`observation_std` must be a number > 0. "
-                             f"Received: observation_std={observation_std!r}")
-        self.observation_std_init = float(observation_std)
-        self.learn_observation_std = bool(learn_observation_std)
-        if isinstance(kl_weight, bool) or not isinstance(
-                kl_weight, (int, float, np.number)) or not kl_weight >= 0:
-            raise ValueError(
-                f"`kl_weight` must be a number >= 0. Received: kl_weight={kl_weight!r}")
-        self.kl_weight = float(kl_weight)
+        self.obs_dim = validation.positive_int("obs_dim", obs_dim)
+        self.latent_dim = validation.positive_int("latent_dim", latent_dim)
+        self.hidden_units = validation.positive_int("hidden_units", hidden_units)
+        self.encoder_kind = validation.one_of("encoder", encoder, _ENCODERS)
+        t0 = validation.check_float("t0", t0)
+        self.observation_std_init = validation.positive_float("observation_std",
+                                                              observation_std)
+        self.learn_observation_std = validation.check_bool("learn_observation_std",
+                                                           learn_observation_std)
+        self.kl_weight = validation.nonnegative_float("kl_weight", kl_weight)
         self.seed = seed
-        self.encoder_solver = registry.serialize(
-            registry.get(encoder_solver, argument="encoder_solver"))
+        self.encoder_solver = solver_base.ODE_SOLVERS.serialize(
+            solver_base.get(encoder_solver, "encoder_solver"))
         self.encoder_num_steps = encoder_num_steps
         policy = self.dtype_policy
         if encoder == "gru":
@@ -127,7 +114,8 @@ class LatentODE(keras.Model):
         self.latent_ode = NeuralODE(
             dynamics, t0=t0, t1=float(t0) + 1.0, solver=solver, rtol=rtol, atol=atol,
             num_steps=num_steps, gradient=gradient, return_sequences=True,
-            max_num_steps=max_num_steps, dtype=policy, name="latent_ode")
+            max_num_steps=max_num_steps, step_control=step_control, jit_dynamics=jit_dynamics,
+            on_failure=on_failure, dtype=policy, name="latent_ode")
         self.t0 = self.latent_ode.t0
         self.decoder = mlp(self.hidden_units, self.obs_dim, 1, "relu", policy, "decoder")
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -282,7 +270,7 @@ class LatentODE(keras.Model):
         Returns:
             ``(num_samples, batch, T, obs_dim)`` decoded means.
         """
-        num_samples = _positive_int("num_samples", num_samples)
+        num_samples = validation.positive_int("num_samples", num_samples)
         return self._trajectories(inputs, times, tf.constant(num_samples), sample=True)
 
     def predict_trajectories(self, inputs, times):
@@ -355,7 +343,7 @@ class LatentODE(keras.Model):
             "seed": self.seed,
         }
         ode = self.latent_ode.get_config()
-        for key in ("t0", "solver", "rtol", "atol", "num_steps", "gradient", "max_num_steps"):
+        for key in _ODE_KEYS:
             config[key] = ode[key]
         return config
 

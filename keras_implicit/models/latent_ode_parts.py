@@ -8,11 +8,11 @@ does not depend on what else is in the batch or on its padding.
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from keras_implicit import validation
 from keras_implicit.ops.odeint import odeint
-from keras_implicit.solvers import registry
+from keras_implicit.solvers import base as solver_base
 
 
 def compact(observations, times, observed):
@@ -55,12 +55,9 @@ class _Recognition(keras.layers.Layer):
 
     def __init__(self, latent_dim, units, t0=0.0, **kwargs):
         super().__init__(**kwargs)
-        for label, value in (("latent_dim", latent_dim), ("units", units)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`{label}` must be an int >= 1. Received: {label}={value!r}")
-        self.latent_dim = int(latent_dim)
-        self.units = int(units)
-        self.t0 = float(t0)
+        self.latent_dim = validation.positive_int("latent_dim", latent_dim)
+        self.units = validation.positive_int("units", units)
+        self.t0 = validation.check_float("t0", t0)
         self.head = keras.layers.Dense(2 * self.latent_dim, dtype=self.dtype_policy, name="head")
 
     def _split(self, hidden):
@@ -153,10 +150,8 @@ class ODEGRUCell(keras.layers.Layer):
 
     def __init__(self, units, solver="rk4", num_steps=4, rtol=1e-3, atol=1e-4, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
-            raise ValueError(f"`units` must be an int >= 1. Received: units={units!r}")
-        self.units = int(units)
-        self._solver = registry.get(solver, argument="encoder_solver")
+        self.units = validation.positive_int("units", units)
+        self._solver = solver_base.get(solver, "encoder_solver")
         if not self._solver.differentiable:
             raise ValueError(
                 f"The ODE-RNN encoder backpropagates through its solver; choose one of "
@@ -166,14 +161,10 @@ class ODEGRUCell(keras.layers.Layer):
             raise ValueError(
                 f"The fixed-grid encoder solver {self._solver.name!r} needs "
                 f"`encoder_num_steps` (an int >= 1). Received: encoder_num_steps=None")
-        if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(
-                num_steps, (int, np.integer)) or num_steps < 1):
-            raise ValueError(
-                f"`encoder_num_steps` must be an int >= 1. "
-                f"Received: encoder_num_steps={num_steps!r}")
-        self.num_steps = None if num_steps is None else int(num_steps)
-        self.rtol = float(rtol)
-        self.atol = float(atol)
+        self.num_steps = validation.optional(validation.positive_int, "encoder_num_steps",
+                                             num_steps)
+        self.rtol = validation.positive_float("rtol", rtol)
+        self.atol = validation.positive_float("atol", atol)
         self.state_size = self.units
         self.output_size = self.units
         self.gru_cell = keras.layers.GRUCell(self.units, dtype=self.dtype_policy, name="gru_cell")
@@ -198,7 +189,8 @@ class ODEGRUCell(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units,
-                "solver": registry.serialize(self._solver), "num_steps": self.num_steps,
+                "solver": solver_base.ODE_SOLVERS.serialize(self._solver),
+                "num_steps": self.num_steps,
                 "rtol": self.rtol, "atol": self.atol}
 
 
@@ -255,5 +247,5 @@ class ODERNNEncoder(_Recognition):
 
     def get_config(self):
         cell = self.cell.get_config()
-        return {**super().get_config(), **{k: cell[k] for k in
-                                          ("solver", "num_steps", "rtol", "atol")}}
+        options = {k: cell[k] for k in ("solver", "num_steps", "rtol", "atol")}
+        return {**super().get_config(), **options}

@@ -1,24 +1,66 @@
 """``fixed_point``: find ``z = fn(z, x)`` and differentiate it. Pure TensorFlow."""
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 
-from keras_implicit.ops import fixed_point_result
-from keras_implicit.ops.fixed_point_result import FixedPointResult, FixedPointStats
-from keras_implicit.ops.implicit_gradient import no_recording, solve_with_implicit_gradient
+from keras_implicit import validation
+from keras_implicit.ops import failure
+from keras_implicit.ops import fixed_point_gradients
+from keras_implicit.ops import implicit_gradient  # noqa: F401  (registers "implicit")
+from keras_implicit.ops.fixed_point_gradients import FixedPointProblem
 from keras_implicit.ops.jacobian_penalty import jacobian_frobenius_penalty
-from keras_implicit.ops.jit import check_jit_flag, maybe_jit
+from keras_implicit.ops.jit import check_jit, maybe_jit
 from keras_implicit.solvers import fixed_point_base
-from keras_implicit.solvers import fixed_point_registry
+from keras_implicit.solvers import state as state_ops
 
-GRADIENTS = ("implicit", "phantom", "unrolled")
+FIXED_POINT_OPTION_NAMES = ("solver", "tol", "max_iter", "stop_mode", "gradient", "on_failure",
+                            "jit_cell")
+
+
+class FixedPointOptions:
+    """Validated options of a fixed-point solve (the one place they are checked).
+
+    Args: see ``fixed_point``.
+    """
+
+    def __init__(self, solver="anderson", tol=1e-4, max_iter=50, stop_mode="rel",
+                 gradient="implicit", on_failure="warn", jit_cell=False):
+        self.solver = fixed_point_base.get(solver)
+        self.tol, self.max_iter, self.stop_mode = fixed_point_base.check_solve_arguments(
+            tol, max_iter, stop_mode)
+        self.gradient = fixed_point_gradients.get(gradient)
+        self.on_failure = failure.check_on_failure(on_failure)
+        self.jit_cell = check_jit("jit_cell", jit_cell)
+
+    def resolvable_tol(self, dtype):
+        """``tol``, floored (with one warning) to what a half-precision map resolves
+        (its machine epsilon; DEQ's default 1e-4 is below float16's 9.8e-4)."""
+        eps = float(state_ops.finfo(dtype).eps)
+        if self.tol >= eps or tf.as_dtype(dtype).size > 2:
+            return self.tol
+        warnings.warn(
+            f"tol={self.tol:g} is below what a {tf.as_dtype(dtype).name} map resolves "
+            f"(machine epsilon {eps:.3g}); using tol={eps:.3g}. Evaluate the cell in a wider "
+            f"dtype for tighter solves.", UserWarning, stacklevel=4)
+        return eps
+
+    def as_kwargs(self):
+        return {name: getattr(self, name) for name in FIXED_POINT_OPTION_NAMES}
+
+    def get_config(self):
+        """The options as config values: pluggable objects as names or Keras config dicts."""
+        config = self.as_kwargs()
+        config["solver"] = fixed_point_base.FIXED_POINT_SOLVERS.serialize(self.solver)
+        config["gradient"] = fixed_point_gradients.FIXED_POINT_GRADIENTS.serialize(self.gradient)
+        return config
 
 
 @tf.autograph.experimental.do_not_convert
 def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mode="rel",
-                backward_solver=None, backward_tol=None, backward_max_iter=None,
-                gradient="implicit", phantom_steps=1, damping=1.0, jacobian_penalty=False,
-                on_failure="warn", on_backward=None, jit_cell=False):
+                gradient="implicit", jacobian_penalty=False, on_failure="warn", on_backward=None,
+                jit_cell=False):
     """Finds the fixed point ``z* = fn(z*, x)`` of a batch, starting from ``z0``.
 
     Args:
@@ -27,24 +69,22 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
             per sample, so samples must not interact inside ``fn``.
         x: the input (injection): a tensor or a nested structure of tensors.
             Gradients reach its floating tensors.
-        z0: the initial guess, ``(batch, ...)``, floating point (zeros are usual).
+        z0: the initial guess, ``(batch, ...)``, floating point (zeros are
+            usual). Half-precision ``z0`` is iterated in float32 (the solver's
+            linear algebra and residuals), with ``fn`` evaluated in its dtype.
         solver: ``"anderson"`` (default), ``"broyden"``, ``"picard"``, a config
             dict ``{"name": ..., **options}`` or a ``FixedPointSolver``.
-        tol: tolerance of every sample's residual, > 0.
+        tol: tolerance of every sample's residual, > 0 (floored, with a
+            warning, to the machine epsilon of ``z0``'s dtype).
         max_iter: bound on the evaluations of ``fn``, >= 1.
         stop_mode: ``"rel"``: ``||fn(z) - z|| / ||fn(z)||`` per sample, or
             ``"abs"``: ``||fn(z) - z||``.
-        backward_solver, backward_tol, backward_max_iter: those of the
-            implicit backward solve; ``None`` uses the forward ones.
         gradient: ``"implicit"`` (implicit function theorem: the backward pass
-            solves ``g^T = g^T df/dz + dL/dz*`` by the backward solver, memory
-            independent of the iterations), ``"phantom"`` (the output is
-            ``phantom_steps`` damped steps ``z <- (1 - damping) z + damping
-            fn(z, x)`` from ``z*``, backpropagated; Geng et al. 2021) or
-            ``"unrolled"`` (backpropagation through every iteration of the
-            solver; memory grows with the iterations).
-        phantom_steps: int >= 1, steps of the ``"phantom"`` gradient.
-        damping: in (0, 1], damping of the ``"phantom"`` steps.
+            solves ``g^T = g^T df/dz + dL/dz*``, memory independent of the
+            iterations), ``"phantom"`` (damped unrolled steps from ``z*``;
+            Geng et al. 2021), ``"unrolled"`` (backpropagation through every
+            iteration), or a ``ki.ops.Implicit(solver, tol, max_iter)`` /
+            ``ki.ops.Phantom(steps, damping)`` / ``ki.ops.Unrolled()`` instance.
         jacobian_penalty: whether to also return a Hutchinson estimate of
             ``||df/dz||_F^2 / dim(z)`` at ``z*`` (one probe; Bai et al. 2021),
             differentiable with respect to ``x`` and the variables ``fn``
@@ -63,8 +103,7 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
         A ``FixedPointResult``: ``z`` (``z0``'s shape), ``stats``
         (``FixedPointStats``) and ``jacobian_penalty`` (a scalar or ``None``).
         Gradients reach ``x``, and every trainable ``tf.Variable`` ``fn``
-        reads; ``z0`` gets a zero gradient under ``"implicit"`` and
-        ``"phantom"``.
+        reads; ``z0`` gets a zero gradient under ``"implicit"`` and ``"phantom"``.
 
     Raises:
         ValueError / TypeError: on bad arguments, naming the argument and value.
@@ -82,25 +121,10 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
         Bai, Kolter & Koltun 2019, Deep Equilibrium Models; Geng et al. 2021,
         On Training Implicit Models.
     """
-    solver = fixed_point_registry.get(solver)
-    backward_solver = solver if backward_solver is None else fixed_point_registry.get(
-        backward_solver, argument="backward_solver")
-    fixed_point_base.check_solve_arguments(tol, max_iter, stop_mode)
-    backward_tol = tol if backward_tol is None else backward_tol
-    backward_max_iter = max_iter if backward_max_iter is None else backward_max_iter
-    fixed_point_base.check_solve_arguments(backward_tol, backward_max_iter, stop_mode,
-                                           prefix="backward_")
-    if gradient not in GRADIENTS:
-        raise ValueError(
-            f"`gradient` must be one of {list(GRADIENTS)}. Received: gradient={gradient!r}")
-    phantom_steps = fixed_point_base.check_positive_int("phantom_steps", phantom_steps)
-    damping = fixed_point_base.check_damping(damping)
-    if on_failure not in fixed_point_result.ON_FAILURE:
-        raise ValueError(f"`on_failure` must be one of {list(fixed_point_result.ON_FAILURE)}. "
-                         f"Received: on_failure={on_failure!r}")
+    options = FixedPointOptions(solver, tol, max_iter, stop_mode, gradient, on_failure, jit_cell)
+    validation.check_bool("jacobian_penalty", jacobian_penalty)
     if not callable(fn):
         raise TypeError(f"`fn` must be callable as fn(z, x). Received: fn={fn!r}")
-    check_jit_flag("jit_cell", jit_cell)
 
     z0 = tf.convert_to_tensor(z0)
     if not z0.dtype.is_floating:
@@ -108,6 +132,8 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
     if z0.shape.rank is not None and z0.shape.rank < 1:
         raise ValueError(f"`z0` must have a leading batch axis (rank >= 1). "
                          f"Received: z0 with shape {z0.shape}")
+    dtype = z0.dtype
+    solve_dtype = state_ops.control_dtype(dtype)
     flat_x = [tf.convert_to_tensor(t) for t in tf.nest.flatten(x)]
     differentiable = [i for i, t in enumerate(flat_x) if t.dtype.is_floating]
     z_shape, z_dynamic_shape = z0.shape, tf.shape(z0)
@@ -121,8 +147,7 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
         parts = list(flat_x)
         for i, t in zip(differentiable, xs):
             parts[i] = t
-        out = fn(z, tf.nest.pack_sequence_as(x, parts))
-        out = tf.convert_to_tensor(out)
+        out = tf.convert_to_tensor(fn(z, tf.nest.pack_sequence_as(x, parts)))
         if not out.shape.is_compatible_with(z.shape):
             raise ValueError(
                 f"`fn` must return the next z, with the shape of z. Received: shape "
@@ -133,41 +158,42 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
         return out
 
     def flat_fn(z_rows, xs):
-        return tf.reshape(call_fn(tf.reshape(z_rows, z_dynamic_shape), xs), tf.shape(z_rows))
+        # The solver iterates in the control dtype; fn sees z in its own dtype.
+        z = tf.reshape(tf.cast(z_rows, dtype), z_dynamic_shape)
+        return tf.cast(tf.reshape(call_fn(z, xs), tf.shape(z_rows)), solve_dtype)
 
     xs = [flat_x[i] for i in differentiable]
-    options = {"tol": tol, "max_iter": max_iter, "stop_mode": stop_mode}
-    if gradient == "implicit":
-        backward_options = {"tol": backward_tol, "max_iter": backward_max_iter,
-                            "stop_mode": stop_mode}
-        stats_box = [None]
-        z_rows = solve_with_implicit_gradient(flat_fn, rows, xs, solver, options,
-                                              backward_solver, backward_options, on_failure,
-                                              stats_box, on_backward, jit_cell)
-        stats = stats_box[0]
-    elif gradient == "phantom":
-        constants = [tf.stop_gradient(t) for t in xs]
-        with no_recording():
-            cell = maybe_jit(lambda z: flat_fn(z, constants), jit_cell)
-            z_rows, solve_stats = solver.solve(cell, tf.stop_gradient(rows), **options)
-        [z_rows] = fixed_point_result.report(solve_stats, solver.name, "forward", tol,
-                                             on_failure, [tf.stop_gradient(z_rows)])
-        for _ in range(phantom_steps):
-            f_rows = flat_fn(z_rows, xs)
-            z_rows = f_rows if damping == 1.0 else z_rows + damping * (f_rows - z_rows)
-        stats = FixedPointStats(solve_stats)
-        stats.backward_iterations = tf.constant(phantom_steps, tf.int32)
-        stats.backward_status = tf.constant(fixed_point_base.SUCCESS, tf.int32)
-    else:
-        z_rows, solve_stats = solver.solve(maybe_jit(lambda z: flat_fn(z, xs), jit_cell), rows,
-                                           **options)
-        [z_rows] = fixed_point_result.report(solve_stats, solver.name, "forward", tol,
-                                             on_failure, [z_rows])
-        stats = FixedPointStats(solve_stats)
-    z = tf.reshape(z_rows, z_dynamic_shape)
+    problem = FixedPointProblem(
+        fn=flat_fn, z0=tf.cast(rows, solve_dtype), xs=xs, solver=options.solver,
+        tol=options.resolvable_tol(dtype), max_iter=options.max_iter,
+        stop_mode=options.stop_mode, on_failure=options.on_failure, on_backward=on_backward,
+        cell_wrapper=(lambda cell: maybe_jit(cell, True)) if options.jit_cell is True else None,
+        compiled="cell" if options.jit_cell is True else "none")
+    z_rows, stats = options.gradient.solve(problem)
+    z = tf.reshape(tf.cast(z_rows, dtype), z_dynamic_shape)
     if z_shape.rank is not None:
         z = tf.ensure_shape(z, z_shape)
     penalty = None
     if jacobian_penalty:
         penalty = jacobian_frobenius_penalty(lambda z_: call_fn(z_, xs), tf.stop_gradient(z))
     return FixedPointResult(z, stats, penalty)
+
+
+class FixedPointResult:
+    """The result of ``fixed_point``.
+
+    Attributes:
+        z: the fixed point, with the shape of ``z0``.
+        stats: a ``FixedPointStats``.
+        jacobian_penalty: with ``jacobian_penalty=True``, a scalar Hutchinson
+            estimate of ``mean_b ||d fn / d z (z*_b)||_F^2 / dim(z_b)``,
+            differentiable (add it to the loss); else ``None``.
+    """
+
+    def __init__(self, z, stats, jacobian_penalty=None):
+        self.z = z
+        self.stats = stats
+        self.jacobian_penalty = jacobian_penalty
+
+    def __repr__(self):
+        return f"FixedPointResult(z={self.z!r}, stats={self.stats!r})"

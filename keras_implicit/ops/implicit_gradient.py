@@ -1,4 +1,4 @@
-"""The implicit-function-theorem gradient of a fixed point, as a custom gradient.
+"""The implicit-function-theorem gradient of a fixed point (``ki.ops.Implicit``).
 
 Forward: the solver runs without recording a tape; only ``z*`` is kept.
 Backward: for ``z* = f(z*, x; theta)`` and the incoming gradient ``v = dL/dz*``,
@@ -10,82 +10,111 @@ a linear fixed point in ``g`` solved with vector–Jacobian products of ``f`` at
 ``z*`` by the backward solver. ``theta`` is every trainable variable ``f``
 reads. The memory is that of one evaluation of ``f`` and the solver's history,
 whatever the number of iterations. ``z0`` receives a zero gradient: ``z*``
-does not depend on where the solve starts.
+does not depend on where the solve starts. A non-finite incoming gradient
+(an overflowed loss scale) gives non-finite gradients without a backward solve.
 """
 
 import tensorflow as tf
-from tensorflow.python.eager import record
 
-from keras_implicit.ops import fixed_point_result
-from keras_implicit.ops.jit import maybe_jit
-
-
-def no_recording():
-    """Stops every gradient tape on this thread (the forward solve keeps no tape)."""
-    return record.stop_recording()
+from keras_implicit import validation
+from keras_implicit.ops.fixed_point_gradients import (
+    FIXED_POINT_GRADIENTS, FixedPointGradient, no_recording, report)
+from keras_implicit.solvers import fixed_point_base
+from keras_implicit.solvers import state as state_ops
+from keras_implicit.solvers.status import Status
 
 
-def solve_with_implicit_gradient(flat_fn, z0, xs, solver, options, backward_solver,
-                                 backward_options, on_failure, stats_box, on_backward=None,
-                                 jit_cell=False):
-    """Solves ``z = flat_fn(z, xs)`` and defines its gradient by the IFT.
+@FIXED_POINT_GRADIENTS.register("implicit")
+class Implicit(FixedPointGradient):
+    """The implicit-function-theorem gradient, by a backward fixed-point solve.
 
     Args:
-        flat_fn: ``flat_fn(z, xs) -> z``, ``z`` of shape ``(batch, dim)``, ``xs``
-            a list of tensors.
-        z0: ``(batch, dim)`` initial guess.
-        xs: list of tensors the gradient must reach.
-        solver, backward_solver: ``FixedPointSolver`` instances.
-        options, backward_options: dicts of ``tol``, ``max_iter``, ``stop_mode``.
-        on_failure: ``"warn"``, ``"raise"`` or ``"ignore"``.
-        stats_box: a one-element list; receives the ``FixedPointStats``, whose
-            backward fields are set when the gradient is computed.
-        on_backward: called with the ``FixedPointStats`` after the backward solve.
-        jit_cell: compile ``flat_fn`` of the forward solve with XLA.
+        solver: the backward solver (name, config or ``FixedPointSolver``);
+            ``None`` uses the forward solver.
+        tol: tolerance of the backward solve; ``None`` uses the forward one.
+        max_iter: iteration bound of the backward solve; ``None`` uses the forward one.
 
-    Returns:
-        ``z*``, ``(batch, dim)``.
+    Example:
+        >>> ki.layers.DEQ(cell, gradient=ki.ops.Implicit(solver="broyden", tol=1e-6))
     """
-    num_x = len(xs)
 
-    @tf.custom_gradient
-    def forward(z_init, *inputs):
-        inputs = list(inputs)
-        with no_recording():
-            z_star, stats = solver.solve(maybe_jit(lambda z: flat_fn(z, inputs), jit_cell),
-                                         z_init, **options)
-        [z_star] = fixed_point_result.report(stats, solver.name, "forward", options["tol"],
-                                             on_failure, [z_star])
-        stats_box[0] = fixed_point_result.FixedPointStats(stats)
+    name = "implicit"
 
-        def grad_fn(grad_z, variables=None):
-            variables = list(variables or [])
-            grad_z = tf.zeros_like(z_star) if grad_z is None else tf.convert_to_tensor(grad_z)
-            point = tf.identity(z_star)
-            with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
-                tape.watch([point] + inputs + variables)
-                f_point = flat_fn(point, inputs)
+    def __init__(self, solver=None, tol=None, max_iter=None):
+        self.solver = None if solver is None else fixed_point_base.get(
+            solver, "Implicit(solver)")
+        self.tol = validation.optional(validation.positive_float, "tol", tol)
+        self.max_iter = validation.optional(validation.positive_int, "max_iter", max_iter)
 
-            def adjoint_map(g):
-                vjp = tape.gradient(f_point, point, output_gradients=g,
-                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                return vjp + grad_z
+    def get_config(self):
+        return {"solver": None if self.solver is None
+                else fixed_point_base.FIXED_POINT_SOLVERS.serialize(self.solver),
+                "tol": self.tol, "max_iter": self.max_iter}
 
-            g, backward_stats = backward_solver.solve(adjoint_map, grad_z, **backward_options)
-            [g] = fixed_point_result.report(backward_stats, backward_solver.name,
-                                            "backward (implicit)", backward_options["tol"],
-                                            on_failure, [g])
-            grads = tape.gradient(f_point, inputs + variables, output_gradients=g,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            del tape
-            stats_box[0].set_backward(backward_stats)
-            if on_backward is not None:
-                on_backward(stats_box[0])
-            input_grads = [tf.zeros_like(z_init)] + list(grads[:num_x])
-            if variables:
-                return input_grads, list(grads[num_x:])
-            return input_grads
+    def solve(self, problem):
+        backward_solver = self.solver or problem.solver
+        tol = problem.tol if self.tol is None else self.tol
+        max_iter = problem.max_iter if self.max_iter is None else self.max_iter
+        num_x = len(problem.xs)
+        box = {}
 
-        return z_star, grad_fn
+        @tf.custom_gradient
+        def forward(z_init, *inputs):
+            inputs = list(inputs)
+            with no_recording():
+                z_star, stats = problem.solve_forward(problem.forward_map(inputs), z_init)
+            box["stats"] = stats
 
-    return forward(z0, *xs)
+            def grad_fn(grad_z, variables=None):
+                variables = list(variables or [])
+                grad_z = tf.zeros_like(z_star) if grad_z is None else tf.convert_to_tensor(grad_z)
+                wrt = inputs + variables
+
+                def backward():
+                    return _backward_solve(problem, z_star, inputs, variables, grad_z,
+                                           backward_solver, tol, max_iter)
+
+                def skip():
+                    nan = [tf.fill(tf.shape(x), tf.constant(float("nan"), x.dtype)) for x in wrt]
+                    zero = tf.constant(0, tf.int32)
+                    return nan, fixed_point_base.FixedPointSolveStats(
+                        zero, tf.zeros([], state_ops.control_dtype(z_star.dtype)),
+                        tf.zeros([], state_ops.control_dtype(z_star.dtype)),
+                        tf.constant(Status.NON_FINITE, tf.int32))
+
+                finite = tf.reduce_all(tf.math.is_finite(grad_z))
+                grads, backward_stats = tf.cond(finite, backward, skip)
+                grads = report(
+                    backward_stats._replace(
+                        status=tf.where(finite, backward_stats.status, Status.SUCCESS)),
+                    backward_solver.name, "backward (implicit)", tol, problem.on_failure, grads)
+                stats.set_backward_solve(backward_stats)
+                if problem.on_backward is not None:
+                    problem.on_backward(stats)
+                input_grads = [tf.zeros_like(z_init)] + list(grads[:num_x])
+                if variables:
+                    return input_grads, list(grads[num_x:])
+                return input_grads
+
+            return z_star, grad_fn
+
+        z = forward(problem.z0, *problem.xs)
+        return z, box["stats"]
+
+
+def _backward_solve(problem, z_star, inputs, variables, grad_z, solver, tol, max_iter):
+    point = tf.identity(z_star)
+    with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+        tape.watch([point] + inputs + variables)
+        f_point = problem.fn(point, inputs)
+
+    def adjoint_map(g):
+        vjp = tape.gradient(f_point, point, output_gradients=g,
+                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return vjp + grad_z
+
+    g, stats = solver.solve(adjoint_map, grad_z, tol=tol, max_iter=max_iter,
+                            stop_mode=problem.stop_mode)
+    grads = tape.gradient(f_point, inputs + variables, output_gradients=g,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [tf.convert_to_tensor(x) for x in grads], stats

@@ -3,61 +3,85 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_implicit.ops import gradients as gradients_lib
+from keras_implicit.ops import failure
+from keras_implicit.ops import jit as jit_lib
 from keras_implicit.ops import ode_result
-from keras_implicit.ops.adjoint import solve_with_adjoint
-from keras_implicit.ops.jit import check_jit_flag, maybe_jit
-from keras_implicit.solvers import registry
+from keras_implicit.ops.ode_gradients import ODEProblem
+from keras_implicit.ops.ode_options import ODEOptions
+from keras_implicit.solvers import state as state_ops
 
 
 @tf.autograph.experimental.do_not_convert
 def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=None,
            gradient="adjoint", params=None, max_num_steps=10_000, first_step=None,
-           on_backward=None, jit_dynamics=False):
+           step_control=None, event_fn=None, dense=False, on_failure="raise", on_backward=None,
+           jit_dynamics="auto"):
     """Integrates ``dy/dt = fn(t, y)`` and returns the state at ``times``.
 
     Args:
         fn: ``fn(t, y) -> dy/dt`` with ``y`` in the structure of ``y0``, or
-            ``fn(t, y, params)`` when ``params`` is given.
+            ``fn(t, y, params)`` when ``params`` is given. ``t`` is a scalar
+            tensor (float32 for half-precision states).
         y0: the initial state at ``times[0]``: a floating tensor or a nested
             structure (tuple, list, dict) of floating tensors of one dtype.
+            Half-precision states (float16, bfloat16) are integrated in
+            float32, with ``fn`` evaluated in their own dtype.
         times: 1-D, strictly increasing or strictly decreasing (integration
             backwards in time), at least two entries. The first is the initial time.
         solver: a name (``"dopri5"``, ``"bosh3"``, ``"rk4"``, ``"midpoint"``,
-            ``"euler"``, ``"bdf"``, ``"tfp_dopri5"``), a config dict
-            ``{"name": ..., **options}`` or an ``ODESolver``.
+            ``"euler"``, ``"bdf"``, ``"tfp_dopri5"``), a config dict or an ``ODESolver``.
         rtol, atol: relative and absolute tolerances of adaptive solvers.
         num_steps: fixed-grid solvers only: the total number of steps over
-            ``[times[0], times[-1]]`` (not per unit time). Each interval between
-            output times gets its share, rounded up.
+            ``[times[0], times[-1]]`` (not per unit time), at most
+            ``max_num_steps``. Each interval between output times gets its
+            share, rounded up.
         gradient: ``"adjoint"`` (continuous adjoint, memory independent of the
-            number of steps), ``"backprop"`` (through the solver's operations)
-            or an ``ops.Adjoint(...)`` / ``ops.Backprop()`` instance.
+            number of steps), ``"backprop"`` (through the solver's operations),
+            ``"checkpointed"`` (the same gradient as ``"backprop"`` in memory
+            ~ sqrt(steps)) or an ``ops.Adjoint(...)`` / ``ops.Backprop()`` /
+            ``ops.Checkpointed(...)`` instance.
         params: optional nested structure of tensors that ``fn`` receives as
             its third argument; the gradient reaches them. Tensors that ``fn``
             merely closes over receive no gradient under ``"adjoint"`` (as with
             TFP); variables that ``fn`` reads always do.
-        max_num_steps: bound on accepted + rejected steps of adaptive solves.
+        max_num_steps: bound on accepted + rejected steps of one solve.
         first_step: first step of adaptive solvers; ``None`` chooses it
             automatically (Hairer–Wanner).
+        step_control: the step-size controller of adaptive solvers:
+            ``None`` (``ki.solvers.IController()``), ``"pid"``, a config dict or a
+            ``StepController`` (``min_step``, ``max_step``, ``jump_times``).
+        event_fn: terminal events: ``event_fn(t, y) -> (batch,)``; each sample
+            stops where it changes sign (see ``ki.solvers.events``). ``t`` may be
+            a ``(batch,)`` tensor: broadcast it against the state.
+        dense: keep every step's interpolant, for ``ODEResult.evaluate(t)``
+            (memory: one polynomial per step).
+        on_failure: ``"raise"`` (default), ``"warn"`` or ``"ignore"``: what a
+            failed solve (forward or adjoint) does; the status is in ``stats``.
         on_backward: called with the ``ODEStats`` once the backward (adjoint)
             solve has run, e.g. to record its NFE into variables.
-        jit_dynamics: compile ``fn`` with XLA (and, under the adjoint, the
-            backward solve's vector-Jacobian product), while the solver's loop
-            stays in TensorFlow's graph. XLA fuses the dynamics' small ops: on
-            the MNIST ODE block on CPU an evaluation takes 4.4 ms instead of
-            12.2 ms. Costs a compilation (about 1-2 s) per input shape.
+        jit_dynamics: ``"auto"`` (default), ``True`` or ``False``: how much of
+            the solve XLA compiles (``ki.ops.jit.plan_ode`` states the rule).
+            ``"auto"`` decides when the call is traced (``tf.function``,
+            ``fit``; eager calls run uncompiled): convolutional dynamics are
+            compiled alone (the solver loop stays in TensorFlow's graph),
+            other dynamics under the adjoint get the whole solve compiled,
+            and dynamics XLA cannot compile fall back with one warning.
+            ``True`` compiles the dynamics (and the adjoint's vector-Jacobian
+            product) and fails loudly; ``False`` compiles nothing.
+            ``stats.compiled`` says which path ran. A compilation costs about
+            a second per input shape.
 
     Returns:
         An ``ODEResult``: ``states`` (structure of ``y0``, leading time axis of
-        length ``len(times)``) and ``stats``.
+        length ``len(times)``), ``stats``, the events and ``evaluate``.
 
     Raises:
         ValueError / TypeError: on bad arguments, naming the argument and value.
-        tf.errors.InvalidArgumentError: when a solve fails (``max_num_steps``
-            exceeded, NaN/Inf state, step size underflow), eagerly or when the
-            graph runs. Under ``jit_compile=True`` the failure is reported in
-            ``stats.status`` and the outputs past the failure are NaN instead.
+        tf.errors.InvalidArgumentError: with ``on_failure="raise"``, when a
+            solve fails (``max_num_steps`` exceeded, NaN/Inf state, step size
+            underflow), eagerly or when the graph runs. Under
+            ``jit_compile=True`` the failure is reported in ``stats.status`` and
+            the outputs past the failure are NaN instead.
 
     Example:
         >>> A = tf.constant([[0.0, 1.0], [-1.0, 0.0]])
@@ -66,19 +90,11 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
         >>> result.states.shape
         TensorShape([4, 2])
     """
-    solver = registry.get(solver)
-    strategy = gradients_lib.get(gradient)
-    _check_tolerances(solver, rtol, atol, num_steps, max_num_steps)
+    options = ODEOptions(solver, rtol, atol, num_steps, gradient, max_num_steps, step_control,
+                         jit_dynamics, on_failure)
     if not callable(fn):
         raise TypeError(f"`fn` must be callable as fn(t, y). Received: fn={fn!r}")
-    check_jit_dynamics(jit_dynamics, solver)
-    if isinstance(strategy, gradients_lib.Backprop) and not solver.differentiable:
-        raise ValueError(
-            f"The solver {solver.name!r} cannot be backpropagated through (TFP solvers "
-            f"differentiate only by an adjoint). Use gradient='adjoint' or a solver among "
-            f"'dopri5', 'bosh3', 'rk4', 'midpoint', 'euler'. Received: gradient='backprop', "
-            f"solver={solver.name!r}"
-        )
+    options.check_features(event_fn, dense)
 
     flat_y0 = [_as_state_tensor(y) for y in tf.nest.flatten(y0)]
     if not flat_y0:
@@ -87,112 +103,161 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
     mixed = sorted({y.dtype.name for y in flat_y0})
     if len(mixed) > 1:
         raise TypeError(f"All tensors of `y0` must share one dtype. Received dtypes: {mixed}")
-    times, direction = _prepare_times(times, dtype)
-    flat_params = [tf.convert_to_tensor(p) for p in tf.nest.flatten(params)] if params is not None else []
+    # The solver runs in the control dtype (float32 for half precision); fn in the state's.
+    solve_dtype = state_ops.control_dtype(dtype)
+    times, direction = _prepare_times(times, solve_dtype)
+    if not options.solver.adaptive:
+        _check_grid(times, options.num_steps, solve_dtype)
+    jumps = _jump_times(options.step_control, times, solve_dtype)
+    flat_params = ([tf.convert_to_tensor(p) for p in tf.nest.flatten(params)]
+                   if params is not None else [])
 
     checked_fn = _structured_fn(fn, y0, flat_y0, params)
-    if not tf.is_tensor(direction) and direction == 1:
-        flat_fn, solve_times = checked_fn, times
-    else:
-        # Backwards in time: solve in s = direction * t, where dy/ds = direction * f.
-        sign = tf.cast(direction, dtype)
+    static_sign = not tf.is_tensor(direction)
+    sign = direction if static_sign else tf.cast(direction, solve_dtype)
 
-        def flat_fn(s, y, p):
-            return [sign * f for f in checked_fn(sign * s, y, p)]
+    def flat_fn(s, y, p):
+        t = s if static_sign and sign == 1 else sign * s
+        f = checked_fn(t, [tf.cast(v, dtype) for v in y], p)
+        f = [tf.cast(v, solve_dtype) for v in f]
+        return f if static_sign and sign == 1 else [tf.cast(sign, v.dtype) * v for v in f]
 
-        solve_times = sign * times
+    def flat_event_fn(s, y):
+        return event_fn(sign * s, tf.nest.pack_sequence_as(y0, [tf.cast(v, dtype) for v in y]))
 
-    options = {"rtol": rtol, "atol": atol, "num_steps": num_steps, "max_num_steps": max_num_steps}
-    if isinstance(strategy, gradients_lib.Adjoint):
-        stats_box = [None]
-        flat_states = solve_with_adjoint(flat_fn, flat_y0, solve_times, flat_params, solver,
-                                         options, strategy, stats_box, on_backward, first_step,
-                                         jit_dynamics)
-        stats = stats_box[0]
-    else:
-        forward_fn = maybe_jit(lambda t, y: flat_fn(t, y, flat_params), jit_dynamics)
-        flat_states, forward = solver.solve(forward_fn, flat_y0, solve_times,
-                                            first_step=first_step, **options)
-        flat_states = ode_result.assert_success(forward, solver.name, "forward", flat_states)
-        stats = ode_result.ODEStats(forward)
-    states = tf.nest.pack_sequence_as(y0, flat_states)
-    return ode_result.ODEResult(states, times, stats)
+    solve_y0 = [tf.cast(y, solve_dtype) for y in flat_y0]
+    plan = jit_lib.plan_ode(options.jit_dynamics, options.solver, options.gradient, flat_fn,
+                            tf.zeros([], solve_dtype), solve_y0, flat_params, dense=dense,
+                            static_times=times.shape[0] is not None)
+    problem = ODEProblem(
+        fn=flat_fn, y0=solve_y0, params=flat_params,
+        times=times * sign if not (static_sign and sign == 1) else times,
+        solver=options.solver,
+        solver_options=options.solver_options(options.resolvable_rtol(dtype)),
+        first_step=first_step, event_fn=None if event_fn is None else flat_event_fn, dense=dense,
+        jump_times=None if jumps is None else jumps * sign,
+        dynamics_wrapper=plan.dynamics_wrapper, step_fn_wrapper=plan.step_fn_wrapper,
+        solve_wrapper=plan.solve_wrapper, on_backward=on_backward,
+        on_failure=options.on_failure, compiled=plan.kind, time_sign=sign)
+    result, stats = options.gradient.integrate(problem)
+    forward_in_time = static_sign and sign == 1
+    if not forward_in_time:
+        stats.final_time = sign * stats.final_time
+    flat_states = failure.report(
+        stats.status, options.on_failure, "ode",
+        f"odeint: the forward solve with solver {options.solver.name!r} failed",
+        ["at time", stats.final_time], list(result.states))
+    states = tf.nest.pack_sequence_as(y0, [tf.cast(s, dtype) for s in flat_states])
+    events = None
+    if result.events is not None:
+        events = result.events._replace(
+            times=sign * result.events.times,
+            states=tf.nest.pack_sequence_as(y0, [tf.cast(s, dtype)
+                                                 for s in result.events.states]))
+    evaluate = None
+    if result.dense is not None:
+        evaluate = _evaluator(result, y0, dtype, sign)
+    return ode_result.ODEResult(states, times, stats, events, evaluate)
 
 
-def check_jit_dynamics(jit_dynamics, solver):
-    """Raises on a non-bool ``jit_dynamics`` or on ``True`` with a TFP solver."""
-    check_jit_flag("jit_dynamics", jit_dynamics)
-    if jit_dynamics and not solver.differentiable:
-        # TFP's BDF differentiates the dynamics itself (its Newton Jacobian), which
-        # re-enters the compiled function per column: minutes instead of seconds.
+def _evaluator(result, y0, dtype, sign):
+    dense, events = result.dense, result.events
+
+    def evaluate(t):
+        s = sign * tf.cast(t, dense.starts.dtype)
+        values = dense.evaluate(s)
+        if events is not None:
+            values = ode_result.held_at_events(values, s, events.times, events.states,
+                                               events.fired)
+        return tf.nest.pack_sequence_as(y0, [tf.cast(v, dtype) for v in values])
+
+    return evaluate
+
+
+def _check_grid(times, num_steps, dtype):
+    """Refuses a fixed grid whose steps cannot move ``t`` in the time dtype (static times)."""
+    static = tf.get_static_value(times)
+    if static is None or num_steps is None:
+        return
+    static = np.asarray(static, np.float64)
+    lengths = np.abs(np.diff(static))
+    counts = np.maximum(np.ceil(lengths / lengths.sum() * num_steps - 1e-4), 1)
+    sizes = lengths / counts
+    numpy_dtype = tf.as_dtype(dtype).as_numpy_dtype
+    start = np.maximum(np.abs(static[:-1]), np.abs(static[1:])).astype(numpy_dtype)
+    if np.any(start + sizes.astype(numpy_dtype) <= start):
         raise ValueError(
-            f"`jit_dynamics=True` works with the solvers 'dopri5', 'bosh3', 'rk4', "
-            f"'midpoint' and 'euler', not with TFP's. Received: jit_dynamics=True, "
-            f"solver={solver.name!r}")
+            f"`num_steps`={num_steps} gives steps of {sizes.min():.3g}, too small to advance "
+            f"the time in {tf.as_dtype(dtype).name} (times of this solve: {static.tolist()}). "
+            f"Use fewer steps or a float64 state. Received: num_steps={num_steps}")
 
 
-def _check_tolerances(solver, rtol, atol, num_steps, max_num_steps):
-    for label, value in (("rtol", rtol), ("atol", atol)):
-        if isinstance(value, (int, float, np.floating, np.integer)) and not value > 0:
-            raise ValueError(f"`{label}` must be > 0. Received: {label}={value}")
-    if not solver.adaptive:
-        if num_steps is None:
+def _jump_times(step_control, times, dtype):
+    """The controller's jump times as a tensor, checked against a static span."""
+    if step_control is None or step_control.jump_times is None:
+        return None
+    jumps = np.asarray(step_control.jump_times, np.float64)
+    static = tf.get_static_value(times)
+    if static is not None:
+        low, high = min(static[0], static[-1]), max(static[0], static[-1])
+        outside = jumps[(jumps < low) | (jumps > high)]
+        if outside.size:
             raise ValueError(
-                f"The fixed-grid solver {solver.name!r} needs `num_steps`, the total number "
-                f"of steps (an int >= 1). Received: num_steps=None"
-            )
-    if num_steps is not None and (
-        isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1
-    ):
-        raise ValueError(f"`num_steps` must be an int >= 1. Received: num_steps={num_steps!r}")
-    if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, (int, np.integer)) \
-            or max_num_steps < 1:
-        raise ValueError(
-            f"`max_num_steps` must be an int >= 1. Received: max_num_steps={max_num_steps!r}")
+                f"`step_control.jump_times` must lie within the solve's span [{low:g}, "
+                f"{high:g}]. Received: jump_times={list(step_control.jump_times)}")
+    return tf.constant(jumps, dtype)
 
 
 def _as_state_tensor(y):
     y = tf.convert_to_tensor(y)
     if not y.dtype.is_floating:
         raise TypeError(
-            f"`y0` must be floating point (float16/32/64); cast integer data first. "
-            f"Received: y0 with dtype={y.dtype.name}"
-        )
+            f"`y0` must be floating point (float16/bfloat16/32/64); cast integer data first. "
+            f"Received: y0 with dtype={y.dtype.name}")
     return y
 
 
 def _prepare_times(times, dtype):
     """Returns ``(times tensor, direction)``; direction is +1, -1 or a scalar tensor."""
-    static = tf.get_static_value(times) if tf.is_tensor(times) else np.asarray(times)
+    static = tf.get_static_value(times) if tf.is_tensor(times) else times
     if static is not None:
-        static = np.asarray(static)
-        if static.dtype.kind not in "fiu":
-            raise TypeError(f"`times` must be numbers. Received: times={times!r}")
+        try:
+            static = np.asarray(static, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"`times` must be numbers. Received: times={times!r}") from None
         if static.ndim != 1 or static.shape[0] < 2:
             raise ValueError(
                 f"`times` must be 1-D with at least two entries (the initial time first). "
-                f"Received: times={static.tolist()}"
-            )
-        steps = np.diff(static.astype(np.float64))
+                f"Received: times={static.tolist()}")
+        if not np.all(np.isfinite(static)):
+            raise ValueError(f"`times` must be finite. Received: times={static.tolist()}")
+        steps = np.diff(static)
         if static[0] == static[-1]:
             raise ValueError(
                 f"`times` must not start and end at the same time (t0 == t1). "
-                f"Received: times={static.tolist()}"
-            )
+                f"Received: times={static.tolist()}")
         if not (np.all(steps > 0) or np.all(steps < 0)):
             raise ValueError(
                 f"`times` must be strictly increasing or strictly decreasing. "
-                f"Received: times={static.tolist()}"
-            )
+                f"Received: times={static.tolist()}")
+        rounded = static.astype(tf.as_dtype(dtype).as_numpy_dtype)
+        if not np.all(np.diff(rounded) * np.sign(steps[0]) > 0):
+            raise ValueError(
+                f"`times` must stay strictly ordered in the solver's time dtype "
+                f"{tf.as_dtype(dtype).name}; some are too close to tell apart. "
+                f"Received: times={static.tolist()}")
         return tf.constant(static, dtype), (1 if steps[0] > 0 else -1)
     times = tf.cast(times, dtype)
     if times.shape.rank not in (None, 1):
         raise ValueError(f"`times` must be 1-D. Received: times with shape {times.shape}")
     direction = tf.sign(times[-1] - times[0])
     steps = (times[1:] - times[:-1]) * direction
-    check = tf.debugging.assert_positive(
-        steps, message="odeint: `times` must be strictly increasing or strictly decreasing")
-    with tf.control_dependencies([check]):
+    checks = [
+        tf.debugging.assert_positive(
+            steps, message="odeint: `times` must be strictly increasing or strictly decreasing"),
+        tf.debugging.assert_all_finite(times, message="odeint: `times` must be finite"),
+    ]
+    with tf.control_dependencies(checks):
         times = tf.identity(times)
     return times, direction
 
@@ -211,22 +276,21 @@ def _structured_fn(fn, y0, flat_y0, params):
         try:
             tf.nest.assert_same_structure(y0, out)
         except (ValueError, TypeError):
+            structure = tf.nest.map_structure(lambda _: '.', y0)
             raise ValueError(
                 f"`fn` must return d(state)/dt in the structure of the state. "
-                f"Received: {type(out).__name__} for a state of structure {tf.nest.map_structure(lambda _: '.', y0)}"
+                f"Received: {type(out).__name__} for a state of structure {structure}"
             ) from None
         flat_out = [tf.convert_to_tensor(f) for f in tf.nest.flatten(out)]
         for f, shape in zip(flat_out, shapes):
             if not f.shape.is_compatible_with(shape):
                 raise ValueError(
                     f"`fn` must return d(state)/dt with the shape of the state. "
-                    f"Received: shape {f.shape} for a state of shape {shape}"
-                )
+                    f"Received: shape {f.shape} for a state of shape {shape}")
             if f.dtype != dtype:
                 raise TypeError(
                     f"`fn` must return d(state)/dt with the dtype of the state. "
-                    f"Received: dtype {f.dtype.name} for a state of dtype {dtype.name}"
-                )
+                    f"Received: dtype {f.dtype.name} for a state of dtype {dtype.name}")
         return [tf.ensure_shape(f, s) if not f.shape.is_fully_defined() else f
                 for f, s in zip(flat_out, shapes)]
 

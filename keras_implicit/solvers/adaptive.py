@@ -2,26 +2,44 @@
 
 ``AdaptiveRungeKutta`` runs any first-same-as-last tableau with an embedded
 pair (Dormand–Prince 5(4) as ``"dopri5"``, Bogacki–Shampine 3(2) as
-``"bosh3"``) in one ``tf.while_loop``: automatic initial step, standard
-step-size control, dense output at the requested times (steps are never
-shortened to hit an output time), and a mixed RMS error norm that can leave
-state components out (the adjoint seminorm). Every operation is a plain
-TensorFlow op, so backpropagating through a solve gives the exact gradient of
-the discretisation (the step sizes are treated as constants); the
+``"bosh3"``) in one ``tf.while_loop``: automatic initial step, a step-size
+controller object (``step_control.IController`` by default, or a PID
+controller, with ``min_step``/``max_step`` and ``jump_times``), dense output
+at the requested times (steps are never shortened to hit an output time),
+optionally the whole dense solution and terminal events, and a mixed RMS error
+norm that can leave state components out (the adjoint seminorm). Every
+operation is a plain TensorFlow op, so backpropagating through a solve gives
+the exact gradient of the discretisation (the step sizes are constants); the
 continuous adjoint in ``ops`` drives the same solver backwards in time.
+
+Landing on an end time: a step that would come within 1% of the end of the
+interval (an end time or a jump time) is stretched or shortened to land on it
+exactly (Hairer & Wanner's DOPRI5 does the same), and the step size proposed
+after landing is never smaller than the last full proposal. So a remainder of
+rounding size never becomes the next step size (an adjoint solve warm-starts
+each interval with it).
 
 A solve always terminates: NaN/Inf states are rejected and shrink the step
 until it underflows (status ``NON_FINITE``); ``max_num_steps`` bounds the
-loop (status ``MAX_NUM_STEPS_REACHED``).
+loop (status ``MAX_STEPS_REACHED``).
 """
+
+import warnings
 
 import tensorflow as tf
 
 from keras_implicit.solvers import base
+from keras_implicit.solvers import dense as dense_lib
+from keras_implicit.solvers import events as events_lib
 from keras_implicit.solvers import interpolation
+from keras_implicit.solvers import loop as loop_lib
 from keras_implicit.solvers import runge_kutta
 from keras_implicit.solvers import state as state_ops
+from keras_implicit.solvers import step_control
 from keras_implicit.solvers.initial_step import resolve_first_step
+from keras_implicit.solvers.status import Status
+
+_LEGACY_CONTROLLER_OPTIONS = ("safety", "min_factor", "max_factor")
 
 
 class AdaptiveRungeKutta(base.ODESolver):
@@ -29,166 +47,334 @@ class AdaptiveRungeKutta(base.ODESolver):
 
     Args:
         tableau: a :class:`ButcherTableau` with ``b_error`` and the first
-            same as last property.
-        safety: factor applied to the optimal step size, in (0, 1].
-        min_factor: smallest factor by which one step may shrink the next, in (0, 1).
-        max_factor: largest factor by which one step may grow the next, > 1.
+            same as last property (or a shipped tableau's name, or its config).
+        safety, min_factor, max_factor: deprecated (keras_implicit 0.1.0):
+            pass ``step_control=ki.solvers.IController(safety=...)`` to
+            ``odeint`` or the layer instead. Still honoured when given.
 
     Example:
-        >>> solver = AdaptiveRungeKutta(runge_kutta.DORMAND_PRINCE, safety=0.8)
+        >>> solver = AdaptiveRungeKutta(runge_kutta.DORMAND_PRINCE)
         >>> ki.ops.odeint(fn, y0, times, solver=solver)
     """
 
     adaptive = True
     differentiable = True
     supports_error_mask = True
+    supports_events = True
+    supports_dense = True
+    supports_step_control = True
 
-    def __init__(self, tableau, safety=0.9, min_factor=0.2, max_factor=10.0):
-        if not isinstance(tableau, runge_kutta.ButcherTableau):
-            raise TypeError(f"`tableau` must be a ButcherTableau. Received: tableau={tableau!r}")
+    def __init__(self, tableau, safety=None, min_factor=None, max_factor=None):
+        tableau = runge_kutta.get_tableau(tableau)
         if tableau.b_error is None:
             raise ValueError(
                 f"An adaptive solver needs an embedded error estimate (b_error). "
-                f"Received: tableau={tableau.name!r}"
-            )
+                f"Received: tableau={tableau.name!r}")
         if not tableau.fsal:
             raise ValueError(
                 f"AdaptiveRungeKutta needs a first-same-as-last tableau. Received: "
-                f"tableau={tableau.name!r}"
-            )
-        if not 0.0 < safety <= 1.0:
-            raise ValueError(f"`safety` must be in (0, 1]. Received: safety={safety}")
-        if not 0.0 < min_factor < 1.0:
-            raise ValueError(f"`min_factor` must be in (0, 1). Received: min_factor={min_factor}")
-        if not max_factor > 1.0:
-            raise ValueError(f"`max_factor` must be > 1. Received: max_factor={max_factor}")
+                f"tableau={tableau.name!r}")
         self.tableau = tableau
         self.name = tableau.name
-        self.safety = float(safety)
-        self.min_factor = float(min_factor)
-        self.max_factor = float(max_factor)
+        self.order = tableau.order
+        legacy = {k: v for k, v in zip(_LEGACY_CONTROLLER_OPTIONS, (safety, min_factor, max_factor))
+                  if v is not None}
+        self._legacy_options = legacy
+        self._legacy_controller = None
+        if legacy:
+            self._legacy_controller = step_control.IController(**legacy)
+            warnings.warn(
+                f"AdaptiveRungeKutta({', '.join(f'{k}={v}' for k, v in legacy.items())}) is "
+                f"deprecated: pass step_control=ki.solvers.IController(...) to odeint or the "
+                f"layer instead.", DeprecationWarning, stacklevel=2)
+
+    def default_controller(self):
+        """The controller used when ``odeint`` gets no ``step_control``."""
+        return self._legacy_controller or step_control.IController()
 
     def get_config(self):
-        return {"name": self.name, "safety": self.safety, "min_factor": self.min_factor,
-                "max_factor": self.max_factor}
+        return {"tableau": runge_kutta.serialize_tableau(self.tableau), **self._legacy_options}
 
-    def _stages(self, fn, t, dt, y, f):
-        """One trial step: the new state, its derivative, the error, the midpoint."""
+    def trial_step(self, fn, t, h, t_last, y, f, rtol, atol, error_mask=None):
+        """One trial step from ``(t, y)`` with derivative ``f``, of size ``h``.
+
+        The last stage (at the new solution, first same as last) is evaluated
+        at ``t_last`` (``t + h``, or just before a jump time).
+
+        Returns:
+            ``(y_new, f_new, y_mid, ratio)``: the new state, its derivative,
+            the state at ``t + h / 2`` (``None`` without ``b_mid``) and the
+            error ratio (control dtype; the step is good if <= 1).
+        """
         tab = self.tableau
         ks = [f]
+        y_new = None
         for i in range(1, tab.num_stages):
-            y_i = state_ops.combine(y, dt, tab.a[i], ks)
+            y_i = state_ops.combine(y, h, tab.a[i], ks)
             if i == tab.num_stages - 1:
-                y_new = y_i  # first same as last: the last stage sits at the solution
-            ks.append(fn(t + tab.c[i] * dt, y_i))
+                y_new = y_i
+                t_i = t_last
+            else:
+                t_i = t + tab.c[i] * h
+            ks.append(fn(t_i, y_i))
         error_weights = [b - e for b, e in zip(tab.b, tab.b_error)]
-        zeros = [tf.zeros_like(v) for v in y]
-        error = state_ops.combine(zeros, dt, error_weights, ks)
-        y_mid = None if tab.b_mid is None else state_ops.combine(y, dt, tab.b_mid, ks)
-        return y_new, ks[-1], error, y_mid
+        error = state_ops.combine([tf.zeros_like(v) for v in y], h, error_weights, ks)
+        ratio = state_ops.error_ratio(error, y, y_new, rtol, atol, error_mask)
+        y_mid = None if tab.b_mid is None else state_ops.combine(y, h, tab.b_mid, ks)
+        return y_new, ks[-1], y_mid, tf.cast(ratio, t.dtype)
 
-    def _interpolate(self, y, y_new, f, f_new, y_mid, dt, theta):
-        if y_mid is not None:
-            return interpolation.quartic_through_midpoint(y, y_new, y_mid, f, f_new, dt, theta)
-        return interpolation.hermite_cubic(y, y_new, f, f_new, dt, theta)
+    def make_loop(self, fn, times, options, *, error_mask=None, first_step=None, f0=None,
+                  dense=False, event_fn=None, step_fn_wrapper=None, jump_times=None):
+        """The solve as a :class:`SolverLoop` (arguments as for ``integrate``)."""
+        return _AdaptiveLoop(self, fn, times, options, error_mask, first_step, f0, dense,
+                             event_fn, step_fn_wrapper, jump_times)
 
-    def solve(self, fn, y0, times, *, rtol, atol, num_steps=None, max_num_steps=10_000,
-              error_mask=None, first_step=None, f0=None):
-        dtype = times.dtype
-        num_times = tf.shape(times)[0]
-        t0, t_end = times[0], times[-1]
+    def integrate(self, fn, y0, times, options, *, error_mask=None, first_step=None, f0=None,
+                  dense=False, event_fn=None, step_fn_wrapper=None, jump_times=None):
+        loop = self.make_loop(fn, times, options, error_mask=error_mask, first_step=first_step,
+                              f0=f0, dense=dense, event_fn=event_fn,
+                              step_fn_wrapper=step_fn_wrapper, jump_times=jump_times)
+        return loop.result(loop.complete(loop.run(loop.initial_state(list(y0)))))
+
+
+class _AdaptiveLoop(loop_lib.SolverLoop):
+    """The loop of one adaptive solve (see the module docstring)."""
+
+    ARRAYS = ("outputs", "dense")
+
+    def __init__(self, solver, fn, times, options, error_mask, first_step, f0, dense, event_fn,
+                 step_fn_wrapper, jump_times):
+        self.solver = solver
+        self.fn = fn
+        self.times = times
+        self.dtype = times.dtype
+        self.num_times = tf.shape(times)[0]
+        self.static_num_times = tf.compat.dimension_value(times.shape[0])
+        self.t0, self.t_end = times[0], times[-1]
+        self.controller = options.step_control or solver.default_controller()
+        self.rtol, self.atol = options.rtol, options.atol
+        self.max_num_steps = self.max_iterations = options.max_num_steps
+        self.error_mask = error_mask
+        self.first_step = first_step
+        self.f0 = f0
+        self.tracker = None if event_fn is None else events_lib.EventTracker(event_fn, self.dtype)
+        self.recorder = None if not dense else dense_lib.DenseRecorder(
+            4 if solver.tableau.b_mid is not None else 3, self.dtype)
+        self.has_jumps = jump_times is not None
+        self.jumps = _inner_jumps(jump_times, self.t0, self.t_end, self.dtype)
+        self.num_jumps = tf.shape(self.jumps)[0]
+        eps = tf.constant(state_ops.finfo(self.dtype).eps, self.dtype)
+        self.min_dt = 16.0 * eps * tf.maximum(tf.maximum(tf.abs(self.t0), tf.abs(self.t_end)),
+                                              1.0)
+        self.min_step = tf.constant(self.controller.min_step, self.dtype)
+        self.max_step = tf.constant(self.controller.max_step, self.dtype)
+        self.new_evals = solver.tableau.num_stages - 1
+        self.error_order = solver.tableau.error_order
+        self.differentiable_keys = ("y", "f") + (("events",) if event_fn is not None else ())
+
+        def trial(t, h, t_last, y, f, event_state):
+            step_fn = fn if self.tracker is None else self.tracker.mask(fn, event_state)
+            return solver.trial_step(step_fn, t, h, t_last, y, f, self.rtol, self.atol,
+                                     error_mask)
+
+        self.attempt = trial if step_fn_wrapper is None else step_fn_wrapper(trial)
+
+    def initial_core(self, y0):
         nfe = tf.constant(0, tf.int32)
+        f0 = self.f0
         if f0 is None:
-            f0 = fn(t0, y0)
+            f0 = self.fn(self.t0, y0)
             nfe += 1
-        dt0, extra = resolve_first_step(
-            first_step, fn, t0, y0, f0, self.tableau.order, rtol, atol, error_mask)
-        nfe += extra
-        eps = tf.constant(tf.experimental.numpy.finfo(dtype.as_numpy_dtype).eps, dtype)
-        min_dt = 16.0 * eps * tf.maximum(tf.maximum(tf.abs(t0), tf.abs(t_end)), 1.0)
-        exponent = -1.0 / (self.tableau.error_order + 1)
-        new_evals = self.tableau.num_stages - 1
-
-        outputs = [
-            tf.TensorArray(y.dtype, size=num_times, element_shape=y.shape).write(0, y)
-            for y in y0
-        ]
-
-        def write_outputs(out_index, outputs, accept, t, dt, t_new, y, y_new, f, f_new, y_mid):
-            def cond(i, _):
-                next_time = times[tf.minimum(i, num_times - 1)]
-                return accept & (i < num_times) & (next_time <= t_new)
-
-            def body(i, outs):
-                theta = (times[i] - t) / dt
-                values = self._interpolate(y, y_new, f, f_new, y_mid, dt, theta)
-                values = [tf.where(theta >= 1.0, b, v) for b, v in zip(y_new, values)]
-                return i + 1, [ta.write(i, v) for ta, v in zip(outs, values)]
-
-            return tf.while_loop(cond, body, (out_index, outputs))
-
-        def cond(t, dt, y, f, out_index, outputs, nfe, accepted, rejected, status):
-            return tf.equal(status, base.RUNNING)
-
-        def body(t, dt, y, f, out_index, outputs, nfe, accepted, rejected, status):
-            dt = tf.minimum(dt, t_end - t)
-            dt = tf.stop_gradient(dt)
-            y_new, f_new, error, y_mid = self._stages(fn, t, dt, y, f)
-            nfe += new_evals
-            ratio = tf.stop_gradient(
-                tf.cast(state_ops.error_ratio(error, y, y_new, rtol, atol, error_mask), dtype))
-            finite = tf.math.is_finite(ratio)
-            accept = finite & (ratio <= 1.0)
-            factor = self.safety * tf.pow(tf.maximum(ratio, 1e-10), exponent)
-            factor = tf.clip_by_value(factor, self.min_factor, self.max_factor)
-            factor = tf.where(finite, factor, tf.constant(self.min_factor, dtype))
-            reached_end = accept & (t + dt >= t_end)
-            t_new = tf.where(reached_end, t_end, t + dt)
-            out_index, outputs = write_outputs(
-                out_index, outputs, accept, t, dt, t_new, y, y_new, f, f_new, y_mid)
-            y = [tf.where(accept, b, a) for a, b in zip(y, y_new)]
-            f = [tf.where(accept, b, a) for a, b in zip(f, f_new)]
-            t = tf.where(accept, t_new, t)
-            accepted += tf.cast(accept, tf.int32)
-            rejected += 1 - tf.cast(accept, tf.int32)
-            dt_next = dt * factor
-            status = tf.where(
-                reached_end, base.SUCCESS,
-                tf.where(
-                    dt_next < min_dt,
-                    tf.where(finite, base.STEP_SIZE_TOO_SMALL, base.NON_FINITE),
-                    tf.where(accepted + rejected >= max_num_steps,
-                             base.MAX_NUM_STEPS_REACHED, base.RUNNING),
-                ),
-            )
-            return t, dt_next, y, f, out_index, outputs, nfe, accepted, rejected, status
-
+        dt0, extra = resolve_first_step(self.first_step, self.fn, self.t0, y0, f0,
+                                        self.solver.order, self.rtol, self.atol, self.error_mask)
         zero = tf.constant(0, tf.int32)
-        f0_finite = state_ops.all_finite(f0) & state_ops.all_finite(y0)
-        status0 = tf.where(f0_finite, base.RUNNING, base.NON_FINITE)
-        loop = tf.while_loop(
-            cond, body,
-            (t0, tf.stop_gradient(dt0), list(y0), list(f0), tf.constant(1, tf.int32), outputs,
-             nfe, zero, zero, status0),
-            maximum_iterations=max_num_steps,
-        )
-        t, dt, y, _, out_index, outputs, nfe, accepted, rejected, status = loop
-        # A solve stopped early still returns every output (NaN where not reached) so
-        # the caller can raise a clear error or inspect the status.
-        status = tf.where(tf.equal(status, base.RUNNING), base.MAX_NUM_STEPS_REACHED, status)
-        outputs = fill_remaining(outputs, out_index, num_times, y)
-        states = [ta.stack() for ta in outputs]
-        for s, y_ in zip(states, y0):
-            s.set_shape(tf.TensorShape([None]).concatenate(y_.shape))
-        return states, base.SolveStats(nfe, accepted, rejected, status, t, dt)
+        finite = state_ops.all_finite(f0) & state_ops.all_finite(y0)
+        state = {
+            "t": self.t0, "dt": tf.stop_gradient(tf.cast(dt0, self.dtype)), "y": list(y0),
+            "f": list(f0), "out_index": tf.constant(1, tf.int32), "nfe": nfe + extra,
+            "accepted": zero, "rejected": zero,
+            "status": tf.where(finite, Status.RUNNING, Status.NON_FINITE),
+            "controller": self.controller.initial_state(self.dtype),
+            "jump_index": tf.constant(0, tf.int32),
+        }
+        if self.tracker is not None:
+            state["events"] = self.tracker.initial_state(self.t0, y0)
+        if self.recorder is not None:
+            state["dense_count"] = tf.constant(0, tf.int32)
+        return state
+
+    def fresh_arrays(self, state):
+        arrays = {"outputs": [
+            tf.TensorArray(y.dtype, size=self.num_times, element_shape=y.shape)
+            for y in state["y"]]}
+        if self.recorder is not None:
+            arrays["dense"] = self.recorder.arrays(state["y"])
+        return arrays
+
+    def emitted(self, start, end):
+        indices = tf.range(start["out_index"], end["out_index"])
+        values = [ta.gather(indices) for ta in end["outputs"]]
+        if self.recorder is not None:
+            values += self.recorder.gather(end["dense"], start["dense_count"],
+                                           end["dense_count"])
+        return values
+
+    def _write_outputs(self, state, accept, t, h, t_new, y_new, coefficients):
+        """Writes the outputs at requested times in ``(t, t_new]`` of an accepted step.
+
+        ``coefficients`` is a function: the step's polynomial is built only
+        when a requested time falls strictly inside the step (an output at
+        the step's end is ``y_new`` itself), so steps without outputs cost no
+        interpolation, in the forward pass or its gradient.
+        """
+        times, num_times = self.times, self.num_times
+
+        def cond(i, _):
+            next_time = times[tf.minimum(i, num_times - 1)]
+            return accept & (i < num_times) & (next_time <= t_new)
+
+        def body(i, outs):
+            theta = (times[i] - t) / h
+            values = tf.cond(
+                theta >= 1.0, lambda: [tf.identity(v) for v in y_new],
+                lambda: interpolation.evaluate(coefficients(), theta))
+            if self.tracker is not None:
+                values = self.tracker.hold(state["events"], times[i], values)
+            return i + 1, [ta.write(i, v) for ta, v in zip(outs, values)]
+
+        return tf.while_loop(cond, body, (state["out_index"], state["outputs"]),
+                             maximum_iterations=self.static_num_times)
+
+    def body(self, state):
+        t, dt, y, f = state["t"], state["dt"], state["y"], state["f"]
+        t_end = self.t_end
+        index = state["jump_index"]
+        if self.has_jumps:
+            at_jump = index < self.num_jumps
+            target = tf.where(at_jump, tf.minimum(self.jumps[tf.minimum(index, self.num_jumps - 1)],
+                                                  t_end), t_end)
+        else:
+            at_jump, target = tf.constant(False), t_end
+        dt = tf.clip_by_value(dt, self.min_step, self.max_step)
+        lands = t + 1.01 * dt >= target
+        h = tf.stop_gradient(tf.where(lands, target - t, dt))
+        to_jump = lands & at_jump & (target < t_end)
+        t_last = tf.where(lands, tf.where(to_jump, tf.math.nextafter(target, t), target), t + h)
+        y_new, f_new, y_mid, ratio = self.attempt(t, h, t_last, y, f, state.get("events"))
+        ratio = tf.stop_gradient(ratio)
+        nfe = state["nfe"] + self.new_evals
+        accept, factor, controller = self.controller.adapt(ratio, state["controller"],
+                                                           self.error_order)
+        finite = tf.math.is_finite(ratio)
+        at_min_step = h <= self.min_step
+        accept = accept | (at_min_step & finite)
+        t_new = tf.where(lands, target, t + h)
+        new = dict(state)
+
+        def polynomial(y_end=y_new, f_end=f_new):
+            return interpolation.coefficients(y, y_end, f, f_end, h, y_mid)
+
+        # Events and the dense solution need every accepted step's polynomial.
+        coefficients = None
+        if self.tracker is not None or self.recorder is not None:
+            coefficients = polynomial()
+        if self.tracker is not None:
+            new["events"], y_new = self.tracker.update(state["events"], accept, t, h, t_new,
+                                                       y_new, coefficients)
+            # A sample frozen at its event carries a zero derivative from now on.
+            f_new = [events_lib.batch_where(new["events"]["fired"], tf.zeros_like(v), v)
+                     for v in f_new]
+        new["out_index"], new["outputs"] = self._write_outputs(
+            new, accept, t, h, t_new, y_new,
+            polynomial if coefficients is None else (lambda: coefficients))
+        if self.recorder is not None:
+            new["dense_count"], new["dense"] = self.recorder.record(
+                state["dense_count"], state["dense"], accept, t, h, coefficients)
+        if self.has_jumps:
+            # Restart at a jump: a fresh derivative from the right of the jump time.
+            restart = accept & to_jump
+            fresh_fn = self.fn
+            if self.tracker is not None:
+                fresh_fn = self.tracker.mask(self.fn, new["events"])
+            f_new = tf.cond(restart, lambda: [tf.identity(v) for v in fresh_fn(target, y_new)],
+                            lambda: [tf.identity(v) for v in f_new])
+            nfe += tf.cast(restart, tf.int32)
+            new["jump_index"] = index + tf.cast(restart, tf.int32)
+        new["y"] = [tf.where(accept, b, a) for a, b in zip(y, y_new)]
+        new["f"] = [tf.where(accept, b, a) for a, b in zip(f, f_new)]
+        new["t"] = tf.where(accept, t_new, t)
+        new["controller"] = controller
+        dt_next = h * factor
+        # After landing on an end or jump time, keep the last full step's proposal.
+        dt_next = tf.where(accept & lands, tf.maximum(dt_next, dt), dt_next)
+        new["dt"] = tf.stop_gradient(tf.clip_by_value(dt_next, self.min_step, self.max_step))
+        new["nfe"] = nfe
+        new["accepted"] = state["accepted"] + tf.cast(accept, tf.int32)
+        new["rejected"] = state["rejected"] + 1 - tf.cast(accept, tf.int32)
+        finished = accept & lands & (target >= t_end)
+        if self.tracker is not None:
+            finished = finished | (accept & self.tracker.all_fired(new["events"]))
+        new["status"] = tf.where(
+            finished, Status.SUCCESS,
+            tf.where(
+                (new["dt"] < self.min_dt) | (~finite & at_min_step),
+                tf.where(finite, Status.STEP_SIZE_TOO_SMALL, Status.NON_FINITE),
+                tf.where(new["accepted"] + new["rejected"] >= self.max_num_steps,
+                         Status.MAX_STEPS_REACHED, Status.RUNNING)))
+        return new
+
+    def complete(self, state):
+        """Writes the outputs the loop did not reach.
+
+        A solve stopped early still returns every output so the caller can
+        raise a clear error or inspect the status: NaN where a failed solve
+        did not reach, the held state where every sample's event ended it.
+        """
+        status = tf.where(tf.equal(state["status"], Status.RUNNING), Status.MAX_STEPS_REACHED,
+                          state["status"])
+        held = tf.equal(status, Status.SUCCESS)
+
+        def body(i, outs):
+            values = [tf.where(held, v, tf.fill(tf.shape(v), tf.constant(float("nan"), v.dtype)))
+                      for v in state["y"]]
+            return i + 1, [ta.write(i, v) for ta, v in zip(outs, values)]
+
+        out_index, outputs = tf.while_loop(lambda i, _: i < self.num_times, body,
+                                           (state["out_index"], state["outputs"]),
+                                           maximum_iterations=self.static_num_times)
+        return {**state, "status": status, "out_index": out_index, "outputs": outputs}
+
+    def events_of(self, state):
+        """The ``EventResult`` of a completed state (``None`` without events)."""
+        if self.tracker is None:
+            return None
+        return self.tracker.finish(state["events"], self.t_end, state["y"])
+
+    def result(self, state):
+        states = [ta.stack() for ta in state["outputs"]]
+        for s, y in zip(states, state["y"]):
+            s.set_shape(tf.TensorShape([None]).concatenate(y.shape))
+        stats = base.SolveStats(state["nfe"], state["accepted"], state["rejected"],
+                                state["status"], state["t"], state["dt"],
+                                None if self.tracker is None else state["events"]["steps"])
+        dense = None if self.recorder is None else self.recorder.finish(state["dense"], state["t"])
+        return base.SolveResult(states, stats, dense, self.events_of(state))
 
 
-def fill_remaining(outputs, out_index, num_times, like):
-    """Writes NaN into the outputs a failed solve did not reach."""
+def _inner_jumps(jump_times, t0, t_end, dtype):
+    """The jump times strictly inside ``(t0, t_end)`` in increasing order, then ``t_end``
+    for each of the others (a 1-D tensor of static length, as XLA needs): a jump at
+    ``t_end`` is no jump."""
+    if jump_times is None:
+        return tf.zeros([1], dtype)
+    jumps = tf.reshape(tf.cast(jump_times, dtype), [-1])
+    jumps = tf.sort(tf.where((jumps > t0) & (jumps < t_end), jumps, t_end))
+    # One spare entry at the end keeps the indexing in bounds when none is left.
+    return tf.concat([jumps, tf.reshape(t_end, [1])], 0)
 
-    def body(i, outs):
-        return i + 1, [ta.write(i, tf.fill(tf.shape(v), tf.constant(float("nan"), v.dtype)))
-                       for ta, v in zip(outs, like)]
 
-    _, outputs = tf.while_loop(lambda i, _: i < num_times, body, (out_index, outputs))
-    return outputs
+base.ODE_SOLVERS.add("dopri5", lambda **kw: AdaptiveRungeKutta(runge_kutta.DORMAND_PRINCE, **kw),
+                     AdaptiveRungeKutta)
+base.ODE_SOLVERS.add("bosh3",
+                     lambda **kw: AdaptiveRungeKutta(runge_kutta.BOGACKI_SHAMPINE, **kw),
+                     AdaptiveRungeKutta)

@@ -1,11 +1,13 @@
 """Anderson acceleration (type II / Anderson mixing) of a fixed-point iteration."""
 
-import numpy as np
 import tensorflow as tf
 
+from keras_implicit import validation
 from keras_implicit.solvers import fixed_point_base as base
+from keras_implicit.solvers import state as state_ops
 
 
+@base.FIXED_POINT_SOLVERS.register("anderson")
 class Anderson(base.FixedPointSolver):
     """Anderson acceleration with memory ``m``.
 
@@ -16,11 +18,12 @@ class Anderson(base.FixedPointSolver):
 
         z <- damping * sum_i alpha_i fn(z_i) + (1 - damping) * sum_i alpha_i z_i
 
-    The regularisation is relative: ``D`` is the diagonal of the residuals'
-    Gram matrix, so ``regularization`` weighs each past residual against its
-    own squared norm (as ``scipy.optimize.anderson``'s ``w0**2``) and the
-    method is invariant to the scale of ``z``. With ``m = 1`` it reduces to
-    the damped Picard iteration.
+    The least squares (Gram matrix, Cholesky solve) run in the control dtype:
+    float32 for half-precision iterates. The regularisation is relative:
+    ``D`` is the diagonal of the residuals' Gram matrix, so ``regularization``
+    weighs each past residual against its own squared norm (as
+    ``scipy.optimize.anderson``'s ``w0**2``) and the method is invariant to the
+    scale of ``z``. With ``m = 1`` it reduces to the damped Picard iteration.
 
     Args:
         memory: the number ``m`` of past iterates mixed, >= 1 (default 5).
@@ -38,22 +41,18 @@ class Anderson(base.FixedPointSolver):
     name = "anderson"
 
     def __init__(self, memory=5, regularization=1e-4, damping=1.0):
-        self.memory = base.check_positive_int("memory", memory)
-        if isinstance(regularization, bool) or not isinstance(
-                regularization, (int, float, np.integer, np.floating)) or not regularization >= 0:
-            raise ValueError(
-                f"`regularization` must be a number >= 0. "
-                f"Received: regularization={regularization!r}")
-        self.regularization = float(regularization)
+        self.memory = validation.positive_int("memory", memory)
+        self.regularization = validation.nonnegative_float("regularization", regularization)
         self.damping = base.check_damping(damping)
 
     def solve(self, fn, z0, *, tol=1e-4, max_iter=50, stop_mode="rel"):
-        base.check_solve_arguments(tol, max_iter, stop_mode)
+        tol, max_iter, stop_mode = base.check_solve_arguments(tol, max_iter, stop_mode)
         m, damping = self.memory, self.damping
         dtype = z0.dtype
-        lam = tf.constant(self.regularization, dtype)
+        linear = state_ops.control_dtype(dtype)
+        lam = tf.constant(self.regularization, linear)
         # Keeps the Gram matrix positive definite once every residual is exactly 0.
-        floor = tf.constant(np.sqrt(np.finfo(dtype.as_numpy_dtype).tiny), dtype)
+        floor = tf.constant(float(state_ops.finfo(linear).tiny) ** 0.5, linear)
         slots = tf.range(m)
 
         def step(state, z, fz):
@@ -64,14 +63,14 @@ class Anderson(base.FixedPointSolver):
             count = count + 1
             valid = slots < count
             both = valid[:, None] & valid[None, :]
-            residual = history_f - history_z
+            residual = tf.cast(history_f - history_z, linear)
             gram = tf.where(both, tf.matmul(residual, residual, transpose_b=True), 0.0)
             diagonal = tf.linalg.diag_part(gram)
             diagonal = tf.where(valid, diagonal * (1.0 + lam) + floor, tf.ones_like(diagonal))
             gram = tf.linalg.set_diag(gram, diagonal)
-            ones = tf.broadcast_to(tf.cast(valid, dtype)[:, None], tf.shape(gram[..., :1]))
+            ones = tf.broadcast_to(tf.cast(valid, linear)[:, None], tf.shape(gram[..., :1]))
             weights = tf.linalg.cholesky_solve(tf.linalg.cholesky(gram), ones)[..., 0]
-            alpha = weights / tf.reduce_sum(weights, axis=-1, keepdims=True)
+            alpha = tf.cast(weights / tf.reduce_sum(weights, axis=-1, keepdims=True), dtype)
             mixed_f = tf.einsum("bm,bmd->bd", alpha, history_f)
             if damping == 1.0:
                 z_next = mixed_f
@@ -86,5 +85,5 @@ class Anderson(base.FixedPointSolver):
         return base.iterate(fn, z0, step, state0, tol=tol, max_iter=max_iter, stop_mode=stop_mode)
 
     def get_config(self):
-        return {"name": self.name, "memory": self.memory,
-                "regularization": self.regularization, "damping": self.damping}
+        return {"memory": self.memory, "regularization": self.regularization,
+                "damping": self.damping}

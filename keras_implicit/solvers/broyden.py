@@ -1,11 +1,13 @@
 """Limited-memory Broyden's method on ``g(z) = fn(z) - z``."""
 
-import numpy as np
 import tensorflow as tf
 
+from keras_implicit import validation
 from keras_implicit.solvers import fixed_point_base as base
+from keras_implicit.solvers import state as state_ops
 
 
+@base.FIXED_POINT_SOLVERS.register("broyden")
 class Broyden(base.FixedPointSolver):
     """Broyden's ("good") quasi-Newton method for the root of ``g(z) = fn(z) - z``.
 
@@ -35,14 +37,15 @@ class Broyden(base.FixedPointSolver):
     name = "broyden"
 
     def __init__(self, memory=10):
-        self.memory = base.check_positive_int("memory", memory)
+        self.memory = validation.positive_int("memory", memory)
 
     def solve(self, fn, z0, *, tol=1e-4, max_iter=50, stop_mode="rel"):
-        base.check_solve_arguments(tol, max_iter, stop_mode)
+        tol, max_iter, stop_mode = base.check_solve_arguments(tol, max_iter, stop_mode)
         m = self.memory
         slots = tf.range(m)
-        finfo = np.finfo(z0.dtype.as_numpy_dtype)
-        tiny, eps = tf.constant(finfo.tiny, z0.dtype), tf.constant(finfo.eps, z0.dtype)
+        finfo = state_ops.finfo(z0.dtype)
+        tiny = tf.constant(float(finfo.tiny), z0.dtype)
+        eps = tf.constant(float(finfo.eps), z0.dtype)
 
         def matvec(us, vts, x):
             """``B x`` for ``B = -I + sum_i u_i v_i^T``, batched."""
@@ -80,4 +83,4 @@ class Broyden(base.FixedPointSolver):
         return base.iterate(fn, z0, step, state0, tol=tol, max_iter=max_iter, stop_mode=stop_mode)
 
     def get_config(self):
-        return {"name": self.name, "memory": self.memory}
+        return {"memory": self.memory}

@@ -1,35 +1,30 @@
-"""What every fixed-point solver shares: statistics, status codes and the iteration driver.
+"""What every fixed-point solver shares: statistics, the iteration driver, the registry.
 
 A fixed-point solver looks for ``z = fn(z)`` where ``z`` is a ``(batch, dim)``
 tensor (``ops.fixed_point`` flattens every sample into a row before it calls
 a solver). The residual is measured per sample, ``||fn(z_b) - z_b||_2``
-(``"abs"``) or that divided by ``||fn(z_b)||_2`` (``"rel"``); the solve ends
-when every sample's best residual so far is ``<= tol`` (``SUCCESS``), after
-``max_iter`` evaluations of ``fn`` (``MAX_ITER_REACHED``) or at the first
-NaN/Inf residual (``NON_FINITE``). For each sample the solver returns the
-image ``fn(z_b)`` of its best iterate (lowest residual), so a sample that
-converged early keeps its solution while the others iterate on.
+(``"abs"``) or that divided by ``||fn(z_b)||_2`` (``"rel"``), in the control
+dtype (float32 for half-precision ``z``); the solve ends when every sample's
+best residual so far is ``<= tol`` (``Status.SUCCESS``), after ``max_iter``
+evaluations of ``fn`` (``Status.MAX_STEPS_REACHED``) or at the first NaN/Inf
+residual (``Status.NON_FINITE``). For each sample the solver returns the image
+``fn(z_b)`` of its best iterate (lowest residual), so a sample that converged
+early keeps its solution while the others iterate on. An empty batch
+converges at once.
 
 Every loop is a ``tf.while_loop``: solvers run eagerly, inside
 ``tf.function`` and under distribution strategies, and can be
-backpropagated through (``gradient="unrolled"``).
+backpropagated through (``ki.ops.Unrolled``).
 """
 
 import collections
 
-import numpy as np
 import tensorflow as tf
 
-RUNNING = -1
-SUCCESS = 0
-MAX_ITER_REACHED = 1
-NON_FINITE = 2
-
-STATUS_MESSAGES = {
-    SUCCESS: "converged",
-    MAX_ITER_REACHED: "max_iter evaluations did not bring every sample's residual below tol",
-    NON_FINITE: "the residual became NaN or Inf (the map may be non-contractive or diverging)",
-}
+from keras_implicit import validation
+from keras_implicit.solvers import state as state_ops
+from keras_implicit.solvers.registry import Registry
+from keras_implicit.solvers.status import Status
 
 STOP_MODES = ("rel", "abs")
 
@@ -46,39 +41,33 @@ class FixedPointSolveStats(
     Attributes:
         iterations: int32, evaluations of the map.
         abs_residual: the largest over the batch of each sample's best
-            ``||fn(z) - z||``.
+            ``||fn(z) - z||`` (control dtype).
         rel_residual: the same samples' ``||fn(z) - z|| / ||fn(z)||``.
-        status: int32, ``SUCCESS``, ``MAX_ITER_REACHED`` or ``NON_FINITE``.
+        status: int32, a ``Status`` value.
     """
 
     __slots__ = ()
 
     @property
     def converged(self):
-        return tf.equal(self.status, SUCCESS)
+        return tf.equal(self.status, Status.SUCCESS)
 
 
 def check_solve_arguments(tol, max_iter, stop_mode, prefix=""):
-    """Validates the arguments every solve takes (raising ``ValueError`` naming them).
+    """Validates the arguments every solve takes; returns ``(tol, max_iter, stop_mode)``.
 
     ``prefix`` is prepended to the names in messages (``"backward_"``).
     """
-    tol_name, iter_name = f"{prefix}tol", f"{prefix}max_iter"
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{tol_name}` must be a number > 0. Received: {tol_name}={tol!r}")
-    if not (np.isfinite(tol) and tol > 0):
-        raise ValueError(f"`{tol_name}` must be a finite number > 0. Received: {tol_name}={tol}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(
-            f"`{iter_name}` must be an int >= 1. Received: {iter_name}={max_iter!r}")
-    if stop_mode not in STOP_MODES:
-        raise ValueError(
-            f"`stop_mode` must be one of {list(STOP_MODES)}. Received: stop_mode={stop_mode!r}")
+    tol = validation.positive_float(f"{prefix}tol", tol)
+    max_iter = validation.positive_int(f"{prefix}max_iter", max_iter)
+    stop_mode = validation.one_of("stop_mode", stop_mode, STOP_MODES)
+    return tol, max_iter, stop_mode
 
 
 def row_norms(v):
     """Euclidean norm of each row of ``(batch, dim)``, without overflow of the squares
     (float32 iterates of a diverging map reach 1e20 long before they overflow)."""
+    v = tf.cast(v, state_ops.control_dtype(v.dtype))
     scale = tf.reduce_max(tf.abs(v), axis=-1)
     safe = tf.where(scale > 0, scale, tf.ones_like(scale))
     return tf.sqrt(tf.reduce_sum(tf.square(v / tf.expand_dims(safe, -1)), axis=-1)) * scale
@@ -94,6 +83,14 @@ def residuals(z, fz):
 def batch_where(mask, a, b):
     """Rows of ``a`` where the per-sample ``mask`` (batch,) holds, else of ``b`` (batch, dim)."""
     return tf.where(tf.expand_dims(mask, -1), a, b)
+
+
+def worst_of(values, *others):
+    """The entries at the largest of ``values`` (batch,); zeros for an empty batch."""
+    padded = tf.concat([values, tf.zeros([1], values.dtype)], 0)
+    worst = tf.argmax(padded, output_type=tf.int32)
+    return [tf.gather(padded, worst)] + [
+        tf.gather(tf.concat([x, tf.zeros([1], x.dtype)], 0), worst) for x in others]
 
 
 def iterate(fn, z0, step, state0, *, tol, max_iter, stop_mode):
@@ -112,19 +109,19 @@ def iterate(fn, z0, step, state0, *, tol, max_iter, stop_mode):
         ``(z, stats)``: the image of each sample's best iterate and a
         :class:`FixedPointSolveStats`.
     """
-    dtype = z0.dtype
-    tol = tf.constant(tol, dtype)
-    use_rel = stop_mode == "rel"
     fz0 = fn(z0)
     abs0, rel0 = residuals(z0, fz0)
+    tol = tf.constant(tol, abs0.dtype)
+    use_rel = stop_mode == "rel"
 
     def status_of(best_abs, best_rel, abs_k, rel_k, k):
         best = best_rel if use_rel else best_abs
         finite = tf.reduce_all(tf.math.is_finite(abs_k)) & tf.reduce_all(tf.math.is_finite(rel_k))
         done = tf.reduce_all(best <= tol)
-        return tf.where(~finite, NON_FINITE,
-                        tf.where(done, SUCCESS,
-                                 tf.where(k >= max_iter, MAX_ITER_REACHED, RUNNING)))
+        return tf.where(~finite, Status.NON_FINITE,
+                        tf.where(done, Status.SUCCESS,
+                                 tf.where(k >= max_iter, Status.MAX_STEPS_REACHED,
+                                          Status.RUNNING)))
 
     def body(k, status, z, fz, best_z, best_abs, best_rel, state):
         state, z, fz = step(state, z, fz)
@@ -140,26 +137,28 @@ def iterate(fn, z0, step, state0, *, tol, max_iter, stop_mode):
     k0 = tf.constant(1, tf.int32)
     status0 = status_of(abs0, rel0, abs0, rel0, k0)
     k, status, _, _, best_z, best_abs, best_rel, _ = tf.while_loop(
-        lambda k, status, *_: tf.equal(status, RUNNING),
+        lambda k, status, *_: tf.equal(status, Status.RUNNING),
         body,
         (k0, status0, z0, fz0, fz0, abs0, rel0, state0),
+        maximum_iterations=max_iter,
     )
-    worst = tf.argmax(best_rel if use_rel else best_abs, output_type=tf.int32)
-    stats = FixedPointSolveStats(
-        iterations=k,
-        abs_residual=tf.gather(best_abs, worst),
-        rel_residual=tf.gather(best_rel, worst),
-        status=status,
-    )
+    if use_rel:
+        rel_residual, abs_residual = worst_of(best_rel, best_abs)
+    else:
+        abs_residual, rel_residual = worst_of(best_abs, best_rel)
+    stats = FixedPointSolveStats(iterations=k, abs_residual=abs_residual,
+                                 rel_residual=rel_residual, status=status)
     return best_z, stats
 
 
 class FixedPointSolver:
     """Base class of the fixed-point solvers (``"picard"``, ``"anderson"``, ``"broyden"``).
 
-    Subclasses set ``name``, keep their options as attributes and implement
-    ``solve``; ``get_config()`` returns what ``fixed_point_registry.get``
-    turns back into an equal solver.
+    Subclasses set ``name``, keep their options as attributes, implement
+    ``solve`` and ``get_config`` (the constructor's arguments); register them
+    with ``FIXED_POINT_SOLVERS.register()`` (or
+    ``ki.serialization.register("fixed_point_solver")``) to use them by name
+    and save them.
     """
 
     name = None
@@ -180,27 +179,30 @@ class FixedPointSolver:
         raise NotImplementedError
 
     def get_config(self):
-        return {"name": self.name}
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
 
     def __hash__(self):
-        return hash(tuple(sorted(self.get_config().items())))
+        return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
 
     def __repr__(self):
-        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({options})"
 
 
-def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
-    return int(value)
+FIXED_POINT_SOLVERS = Registry("fixed-point solver", FixedPointSolver, "solver")
+
+
+def get(identifier, argument="solver"):
+    """A ``FixedPointSolver`` from a name, a config dict or an instance."""
+    return FIXED_POINT_SOLVERS.get(identifier, argument)
 
 
 def check_damping(value, name="damping"):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 0 < value <= 1:
-        raise ValueError(f"`{name}` must be a number in (0, 1]. Received: {name}={value!r}")
-    return float(value)
+    return validation.check_float(name, value, 0.0, 1.0, exclusive_minimum=True)

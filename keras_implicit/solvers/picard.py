@@ -3,6 +3,7 @@
 from keras_implicit.solvers import fixed_point_base as base
 
 
+@base.FIXED_POINT_SOLVERS.register("picard")
 class Picard(base.FixedPointSolver):
     """Damped fixed-point (Picard / Krasnosel'skii–Mann) iteration.
 
@@ -23,7 +24,7 @@ class Picard(base.FixedPointSolver):
         self.damping = base.check_damping(damping)
 
     def solve(self, fn, z0, *, tol=1e-4, max_iter=50, stop_mode="rel"):
-        base.check_solve_arguments(tol, max_iter, stop_mode)
+        tol, max_iter, stop_mode = base.check_solve_arguments(tol, max_iter, stop_mode)
         damping = self.damping
 
         def step(state, z, fz):
@@ -33,4 +34,4 @@ class Picard(base.FixedPointSolver):
         return base.iterate(fn, z0, step, (), tol=tol, max_iter=max_iter, stop_mode=stop_mode)
 
     def get_config(self):
-        return {"name": self.name, "damping": self.damping}
+        return {"damping": self.damping}

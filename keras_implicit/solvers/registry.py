@@ -1,49 +1,116 @@
-"""Solvers by name: ``get("dopri5" | {"name": ..., **options} | instance)``.
+"""One registry mechanism for every kind of pluggable object, by name.
 
-``Registry`` is shared by the ODE solvers (here) and the fixed-point solvers
-(``fixed_point_registry``): a name, a config dict or an instance in, an
-instance out, with errors that list the valid names.
+Each kind (ODE solvers, fixed-point solvers, step-size controllers, the two
+families of gradient strategies) has one :class:`Registry`, defined beside its
+base class. ``get`` turns what a user or a config holds into an instance:
+
+- an instance of the base class, returned as it is;
+- a registered name, ``"dopri5"``: the default instance;
+- a short config dict ``{"name": "dopri5", **options}`` (the format of
+  keras_implicit 0.1.0 configs, still accepted);
+- a Keras config dict (``{"class_name": ..., "config": ..., ...}``, what
+  ``keras.saving.serialize_keras_object`` writes), handed to
+  ``keras_implicit.serialization``, the one Keras-side module.
+
+This module is pure Python: registering a class here also registers it with
+Keras through the listener that ``keras_implicit.serialization`` installs.
 """
-
-from keras_implicit.solvers import base
-from keras_implicit.solvers import runge_kutta
-from keras_implicit.solvers.adaptive import AdaptiveRungeKutta
-from keras_implicit.solvers.fixed_grid import FixedGridRungeKutta
 
 
 class Registry:
-    """Named factories of one kind of solver.
+    """Named factories of one kind of object.
 
     Args:
-        kind: what the solvers are, for messages ("ODE solver").
-        base_class: instances of it are returned as they are.
-        factories: ``{name: callable(**options) -> instance}``.
+        kind: what the objects are, for messages (``"ODE solver"``).
+        base_class: instances of it pass through ``get``.
+        argument: the usual argument name, for messages (``"solver"``).
     """
 
-    def __init__(self, kind, base_class, factories):
+    #: Called as ``listener(registry, cls)`` for every class registered (in any registry).
+    listeners = []
+    #: Every registry, by kind.
+    all = {}
+
+    def __init__(self, kind, base_class, argument):
         self.kind = kind
         self.base_class = base_class
-        self.factories = factories
+        self.argument = argument
+        self._factories = {}
+        self.classes = []
+        Registry.all[kind] = self
 
-    def get(self, identifier, argument="solver"):
-        """Returns a solver instance.
+    def register(self, name=None, factory=None):
+        """Registers a class (decorator) under ``name``.
 
-        Args:
-            identifier: a registered name, a dict ``{"name": name, **options}``
-                (what ``solver.get_config()`` returns) or an instance.
-            argument: the argument name used in error messages.
+        ``name`` defaults to the class's ``name`` attribute. ``factory``
+        (``**options -> instance``) builds the named default; by default the
+        class itself. Returns the class unchanged.
+
+        Example:
+            >>> @ki.solvers.register("my_euler")
+            ... class MyEuler(ki.solvers.ODESolver): ...
+        """
+
+        def decorator(cls):
+            if not (isinstance(cls, type) and issubclass(cls, self.base_class)):
+                raise TypeError(f"Only subclasses of {self.base_class.__name__} can be registered "
+                                f"as a {self.kind}. Received: {cls!r}")
+            key = name if name is not None else getattr(cls, "name", None)
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"A registered {self.kind} needs a name (pass `name=` or set the "
+                                 f"class attribute `name`). Received: name={key!r}")
+            self._factories[key] = cls if factory is None else factory
+            if cls not in self.classes:
+                self.classes.append(cls)
+                for listener in Registry.listeners:
+                    listener(self, cls)
+            return cls
+
+        return decorator
+
+    def add(self, name, factory, cls):
+        """Registers a named factory of instances of the registered class ``cls``."""
+        self.register(name, factory)(cls)
+
+    def names(self):
+        return sorted(self._factories)
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __contains__(self, name):
+        return name in self._factories
+
+    def __len__(self):
+        return len(self._factories)
+
+    def __repr__(self):
+        return f"Registry({self.kind!r}, names={self.names()})"
+
+    def get(self, identifier, argument=None):
+        """An instance from an instance, a name or a config dict.
 
         Raises:
-            ValueError: unknown name (the message lists the valid ones) or options.
+            ValueError: an unknown name (the message lists the valid ones) or
+                invalid options.
             TypeError: anything else.
         """
+        argument = argument or self.argument
         if isinstance(identifier, self.base_class):
             return identifier
+        if isinstance(identifier, dict) and "class_name" in identifier:
+            from keras_implicit import serialization  # the Keras side (see the module docstring)
+
+            instance = serialization.deserialize_keras_config(identifier, argument)
+            if not isinstance(instance, self.base_class):
+                raise TypeError(f"`{argument}` must describe a {self.base_class.__name__}. "
+                                f"Received: {argument}={identifier!r}")
+            return instance
         if isinstance(identifier, str):
             name, options = identifier, {}
         elif isinstance(identifier, dict):
             if "name" not in identifier:
-                raise ValueError(f"A solver given as a dict needs a 'name' key. "
+                raise ValueError(f"A {self.kind} given as a dict needs a 'name' key. "
                                  f"Received: {argument}={identifier!r}")
             options = dict(identifier)
             name = options.pop("name")
@@ -52,40 +119,38 @@ class Registry:
                 f"`{argument}` must be a {self.kind} name, a config dict or a "
                 f"{self.base_class.__name__}. Received: {argument}={identifier!r} of type "
                 f"{type(identifier).__name__}")
-        if name not in self.factories:
-            raise ValueError(f"Unknown {self.kind}. Valid names: {sorted(self.factories)}. "
+        if name not in self._factories:
+            raise ValueError(f"Unknown {self.kind}. Valid names: {self.names()}. "
                              f"Received: {argument}={name!r}")
         try:
-            return self.factories[name](**options)
+            return self._factories[name](**options)
         except TypeError as error:
-            raise ValueError(f"Invalid options for the solver {name!r}: {error}. "
+            raise ValueError(f"Invalid options for the {self.kind} {name!r}: {error}. "
                              f"Received: {argument}={identifier!r}") from None
 
-    def serialize(self, solver):
-        """A solver as its name (default options) or its config dict."""
-        config = solver.get_config()
-        return config["name"] if config == self.get(config["name"]).get_config() else config
+    def serialize(self, instance):
+        """``instance`` as its registered name if it is that name's default, else as a Keras
+        config dict (written by ``keras_implicit.serialization``, the Keras side)."""
+        name = self.short_name(instance)
+        if name is not None:
+            return name
+        from keras_implicit import serialization
 
+        return serialization.serialize_keras(instance)
 
-def _tfp_solver(method):
-    def make(**options):
-        from keras_implicit.solvers.tfp import TFPSolver
+    def short_name(self, instance):
+        """The registered name whose default instance equals ``instance``, else ``None``.
 
-        return TFPSolver(method, **options)
-
-    return make
-
-
-ODE_SOLVERS = {
-    "euler": lambda: FixedGridRungeKutta(runge_kutta.EULER),
-    "midpoint": lambda: FixedGridRungeKutta(runge_kutta.MIDPOINT),
-    "rk4": lambda: FixedGridRungeKutta(runge_kutta.RK4),
-    "bosh3": lambda **kw: AdaptiveRungeKutta(runge_kutta.BOGACKI_SHAMPINE, **kw),
-    "dopri5": lambda **kw: AdaptiveRungeKutta(runge_kutta.DORMAND_PRINCE, **kw),
-    "tfp_dopri5": _tfp_solver("dormand_prince"),
-    "bdf": _tfp_solver("bdf"),
-}
-
-_ODE_REGISTRY = Registry("ODE solver", base.ODESolver, ODE_SOLVERS)
-get = _ODE_REGISTRY.get
-serialize = _ODE_REGISTRY.serialize
+        Equal means the same class and the same full config (a custom
+        Butcher tableau that happens to be named ``"dopri5"`` is not Dormand–Prince).
+        """
+        name = getattr(instance, "name", None)
+        factory = self._factories.get(name) if isinstance(name, str) else None
+        if factory is None:
+            return None
+        try:
+            default = factory()
+        except (TypeError, ValueError):
+            return None
+        same = type(default) is type(instance) and default.get_config() == instance.get_config()
+        return name if same else None

@@ -11,6 +11,8 @@ wrong solution.
 import fractions
 import math
 
+from keras_implicit import validation
+
 _TOL = 1e-12
 
 
@@ -90,15 +92,22 @@ class ButcherTableau:
 
     def __init__(self, name, c, a, b, order, b_error=None, error_order=None, b_mid=None,
                  mid_order=None):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
         self.name = name
-        self.c = [float(x) for x in c]
-        self.a = [[float(x) for x in row] for row in a]
-        self.b = [float(x) for x in b]
-        self.order = order
-        self.b_error = None if b_error is None else [float(x) for x in b_error]
-        self.error_order = error_order
-        self.b_mid = None if b_mid is None else [float(x) for x in b_mid]
-        self.mid_order = mid_order
+        self.c = _numbers("c", c)
+        try:
+            self.a = [_numbers(f"a[{i}]", row) for i, row in enumerate(a)]
+        except TypeError:
+            raise validation.ArgumentTypeError(
+                f"{name}: `a` must be a list of rows of numbers. Received: a={a!r}") from None
+        self.b = _numbers("b", b)
+        self.order = validation.positive_int("order", order)
+        self.b_error = None if b_error is None else _numbers("b_error", b_error)
+        self.error_order = validation.optional(validation.positive_int, "error_order",
+                                               error_order)
+        self.b_mid = None if b_mid is None else _numbers("b_mid", b_mid)
+        self.mid_order = validation.optional(validation.positive_int, "mid_order", mid_order)
         self._validate()
 
     @property
@@ -155,8 +164,59 @@ class ButcherTableau:
                     f"conditions only up to order {reached}."
                 )
 
+    def get_config(self):
+        return {"name": self.name, "c": list(self.c), "a": [list(row) for row in self.a],
+                "b": list(self.b), "order": self.order, "b_error": self.b_error,
+                "error_order": self.error_order, "b_mid": self.b_mid, "mid_order": self.mid_order}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return isinstance(other, ButcherTableau) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash(repr(self.get_config()))
+
     def __repr__(self):
         return f"ButcherTableau({self.name!r}, stages={self.num_stages}, order={self.order})"
+
+
+def serialize_tableau(tableau):
+    """A shipped tableau as its name; any other (a custom one, whatever its name) in full."""
+    return tableau.name if TABLEAUX.get(tableau.name) == tableau else tableau.get_config()
+
+
+def get_tableau(identifier, argument="tableau"):
+    """A ``ButcherTableau`` from itself, a shipped tableau's name or a config dict."""
+    if isinstance(identifier, ButcherTableau):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier not in TABLEAUX:
+            raise ValueError(f"Unknown Butcher tableau. Valid names: {sorted(TABLEAUX)}. "
+                             f"Received: {argument}={identifier!r}")
+        return TABLEAUX[identifier]
+    if isinstance(identifier, dict):
+        try:
+            return ButcherTableau.from_config(identifier)
+        except TypeError as error:
+            raise ValueError(f"Invalid Butcher tableau config: {error}. "
+                             f"Received: {argument}={identifier!r}") from None
+    raise TypeError(f"`{argument}` must be a ButcherTableau, a shipped tableau's name or a "
+                    f"config dict. Received: {argument}={identifier!r}")
+
+
+def _numbers(name, values):
+    """A list of finite floats, or a clear error naming the coefficient list."""
+    try:
+        out = [float(x) for x in values]
+    except (TypeError, ValueError):
+        raise validation.ArgumentTypeError(
+            f"`{name}` must be a list of numbers. Received: {name}={values!r}") from None
+    if not all(math.isfinite(x) for x in out):
+        raise ValueError(f"`{name}` must hold finite numbers. Received: {name}={values!r}")
+    return out
 
 
 def _f(text):
@@ -217,3 +277,5 @@ DORMAND_PRINCE = ButcherTableau(
 )
 
 assert math.isclose(sum(DORMAND_PRINCE.b), 1.0)
+
+TABLEAUX = {t.name: t for t in (EULER, MIDPOINT, RK4, BOGACKI_SHAMPINE, DORMAND_PRINCE)}

@@ -1,5 +1,6 @@
 """Arithmetic on states held as flat lists of tensors, and the error norm."""
 
+import ml_dtypes
 import tensorflow as tf
 
 
@@ -29,11 +30,30 @@ def combine(y, dt, coefficients, derivatives):
     return out
 
 
+def finfo(dtype):
+    """Machine limits of a floating dtype, bfloat16 included (``np.finfo`` refuses it)."""
+    return ml_dtypes.finfo(tf.as_dtype(dtype).as_numpy_dtype)
+
+
+def control_dtype(dtype):
+    """The dtype of a solver's control quantities for a state of ``dtype``: times, step
+    sizes, error norms and residuals.
+
+    float32 for half-precision states (float16 cannot tell 0.999 from 1.0 apart
+    from 1e-3 steps, squares above 256 overflow it, and bfloat16 keeps 8 bits
+    of mantissa); else the state's dtype.
+    """
+    dtype = tf.as_dtype(dtype)
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
 def rms(x):
+    """Root mean square; 0 for an empty tensor (an empty batch has no error)."""
     x = tf.convert_to_tensor(x)
     if x.shape.rank == 0:
         return tf.abs(x)
-    return tf.sqrt(tf.reduce_mean(tf.square(x)))
+    size = tf.cast(tf.maximum(tf.size(x), 1), x.dtype)
+    return tf.sqrt(tf.reduce_sum(tf.square(x)) / size)
 
 
 def error_ratio(error, y0, y1, rtol, atol, error_mask=None):
@@ -41,14 +61,16 @@ def error_ratio(error, y0, y1, rtol, atol, error_mask=None):
 
     The norm is the maximum over state tensors of each tensor's RMS (as in
     torchdiffeq); tensors whose ``error_mask`` entry is False are left out
-    (the adjoint seminorm of Kidger, Chen & Lyons 2021). Returned in float32
-    or float64 as the state.
+    (the adjoint seminorm of Kidger, Chen & Lyons 2021). Computed and returned
+    in float32 for half-precision states, else in the state's dtype.
     """
     ratios = []
     for j, (e, a, b) in enumerate(zip(error, y0, y1)):
         if error_mask is not None and not error_mask[j]:
             continue
-        scale = cast_to(atol, e.dtype) + cast_to(rtol, e.dtype) * tf.maximum(tf.abs(a), tf.abs(b))
+        dtype = control_dtype(e.dtype)
+        e, a, b = (tf.cast(v, dtype) for v in (e, a, b))
+        scale = cast_to(atol, dtype) + cast_to(rtol, dtype) * tf.maximum(tf.abs(a), tf.abs(b))
         ratios.append(rms(e / scale))
     if not ratios:
         raise ValueError("error_mask leaves no state tensor in the error norm.")

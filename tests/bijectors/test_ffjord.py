@@ -10,7 +10,7 @@ import tensorflow_probability as tfp
 
 import keras_implicit as ki
 from keras_implicit.bijectors import ffjord as ffjord_module
-from keras_implicit.models.continuous_flow import ConcatMLP
+from keras_implicit.layers import ConcatMLP
 
 tfd, tfb = tfp.distributions, tfp.bijectors
 RNG = np.random.default_rng(3)

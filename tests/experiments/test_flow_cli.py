@@ -38,7 +38,7 @@ def test_dataset_choices_are_the_toy_densities():
     (["--solver", "bogus"], "--solver: Unknown ODE solver. Valid names: ["),
     (["--solver", "dopri5", "--num-steps", "4"], "--num-steps applies to fixed-grid solvers"),
     (["--solver", "rk4"], "The fixed-grid solver 'rk4' needs `num_steps`"),
-    (["--solver", "bdf", "--gradient", "backprop"], "cannot be backpropagated through"),
+    (["--solver", "bdf", "--gradient", "backprop"], "cannot be differentiated through"),
 ])
 def test_bad_flags_exit_2_with_one_line_and_create_nothing(flow_only, tmp_path, capsys, argv,
                                                            message):

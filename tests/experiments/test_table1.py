@@ -66,7 +66,7 @@ def test_tiny_run_writes_table(table1_cli, mnist_path, tmp_path, capsys):
     assert record["settings"] == {
         "recipe": "quick", "train_size": 256, "test_size": 300, "batch_size": 64,
         "optimizer": "adam", "learning_rate": 0.001, "momentum": None, "lr_decay_epochs": [],
-        "lr_decay_factor": 0.1, "augment": False, "rknet_steps": 4, "jit_dynamics": False,
+        "lr_decay_factor": 0.1, "augment": False, "rknet_steps": 4, "jit_dynamics": "auto",
         "seed": 0}
     assert sorted(p.name for p in out.iterdir()) == [
         ".lock", "checkpoints", "run.json", "table1.csv", "table1.md", "table1.png"]
@@ -183,8 +183,10 @@ def test_markdown_shows_dashes_without_solver_and_the_block_memory():
         "| ResNet (backprop) | 3 | 1.00% | 0.577M | 12.5 MB | 4.4 MB, x3.43 at blocks x4 "
         "| 30 ms | - | - | 0.41% | 0.60M | O(L) |")
     assert "compiled by XLA" not in text
-    assert "seed 0; ODE dynamics compiled by XLA;" in table1_report.markdown(
-        rows, report_settings(jit_dynamics=True))
+    assert "seed 0; ODE dynamics compiled by XLA (jit_dynamics=True);" in \
+        table1_report.markdown(rows, report_settings(jit_dynamics=True))
+    assert "seed 0; jit_dynamics='auto' (XLA compiles the convolutional ODE dynamics " \
+        "alone);" in table1_report.markdown(rows, report_settings(jit_dynamics="auto"))
     rows[0].update(block_memory_mb="", peak_memory_mb="", time_per_step_ms="")
     assert "| ResNet (backprop) | 3 | 1.00% | 0.577M | - MB | - | - ms |" in \
         table1_report.markdown(rows, report_settings())

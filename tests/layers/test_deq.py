@@ -92,7 +92,7 @@ def test_float64_linear_cell_gives_closed_form_output_and_gradients():
         stats = deq.solver_stats()
         backward = int(stats["iterations_backward"])
         assert backward > 1 if gradient == "implicit" else backward == 0
-    deq = ki.layers.DEQ(DEQDenseCell(dtype="float64"), gradient="phantom", phantom_steps=3,
+    deq = ki.layers.DEQ(DEQDenseCell(dtype="float64"), gradient=ki.ops.Phantom(steps=3),
                         dtype="float64")
     deq(x)
     assert int(deq.solver_stats()["iterations_backward"]) == 3
@@ -100,16 +100,18 @@ def test_float64_linear_cell_gives_closed_form_output_and_gradients():
 
 def test_config_round_trip_and_keras_file(tmp_path):
     x, _ = data()
-    model = dense_model(solver={"name": "anderson", "memory": 3}, backward_solver="picard",
-                        tol=1e-6, backward_tol=1e-7, backward_max_iter=80, stop_mode="abs",
-                        jacobian_penalty=0.5, on_failure="ignore", jit_cell=True)
+    model = dense_model(solver={"name": "anderson", "memory": 3},
+                        gradient=ki.ops.Implicit(solver="picard", tol=1e-7, max_iter=80),
+                        tol=1e-6, stop_mode="abs", jacobian_penalty=0.5, on_failure="ignore",
+                        jit_cell=True)
     deq = model.get_layer("deq")
     config = deq.get_config()
     clone = ki.layers.DEQ.from_config(config)
     assert clone.get_config() == config
-    assert config["solver"] == {"name": "anderson", "memory": 3, "regularization": 1e-4,
-                                "damping": 1.0}
-    assert config["backward_solver"] == "picard" and config["state_shape"] == [6]
+    assert config["solver"]["registered_name"] == "keras_implicit>Anderson"
+    assert config["solver"]["config"] == {"memory": 3, "regularization": 1e-4, "damping": 1.0}
+    assert config["gradient"]["config"] == {"solver": "picard", "tol": 1e-7, "max_iter": 80}
+    assert config["state_shape"] == [6]
     assert config["jit_cell"] is True
     expected = model.predict(x, verbose=0)
     path = os.path.join(tmp_path, "deq.keras")
@@ -176,18 +178,20 @@ def test_bad_arguments():
     cell = DEQDenseCell()
     for kwargs, message in [
         ({"solver": "newton"}, "Received: solver='newton'"),
-        ({"backward_solver": "x"}, "Received: backward_solver='x'"),
+        ({"gradient": {"name": "implicit", "solver": "x"}}, r"Received: Implicit\(solver\)='x'"),
         ({"tol": -1.0}, "Received: tol=-1.0"),
         ({"max_iter": 0}, "Received: max_iter=0"),
-        ({"backward_tol": 0.0}, "Received: backward_tol=0.0"),
         ({"gradient": "adjoint"}, "Received: gradient='adjoint'"),
         ({"jacobian_penalty": -0.1}, "Received: jacobian_penalty=-0.1"),
         ({"state_shape": (0, 3)}, r"Received: state_shape=\(0, 3\)"),
-        ({"phantom_steps": 0}, "Received: phantom_steps=0"),
         ({"on_failure": "print"}, "Received: on_failure='print'"),
     ]:
         with pytest.raises(ValueError, match=message):
             ki.layers.DEQ(cell, **kwargs)
+    with pytest.raises(TypeError, match=r"\['backward_tol'\] are no longer DEQ arguments"):
+        ki.layers.DEQ(cell, backward_tol=0.0)
+    with pytest.raises(TypeError, match="Received: gradient=<class"):
+        ki.layers.DEQ(cell, gradient=ki.ops.Implicit)
     with pytest.raises(TypeError, match="Received: jit_cell='yes'"):
         ki.layers.DEQ(cell, jit_cell="yes")
     with pytest.raises(TypeError, match="`cell` must be a Keras layer"):

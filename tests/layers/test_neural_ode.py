@@ -137,10 +137,11 @@ def test_savedmodel_export_reloads_with_tf_and_tfsmlayer(tmp_path):
     path = str(tmp_path / "exported")
     model.export(path, verbose=False)
     restored = tf.saved_model.load(path)
-    # Grappler may fuse ops differently in the exported graph: float32 rounding only.
-    np.testing.assert_allclose(restored.serve(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    # Grappler may fuse ops differently in the exported graph: float32 rounding, which
+    # can tip an adaptive step's acceptance, so differences stay far below rtol = 1e-3.
+    np.testing.assert_allclose(restored.serve(x).numpy(), expected, rtol=1e-4, atol=1e-5)
     layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
-    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("gradient", ["adjoint", "backprop"])

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_implicit as ki
-from keras_implicit.ops.fixed_point_result import FixedPointWarning
+from keras_implicit.ops import FixedPointWarning
 
 SOLVERS = ["picard", "anderson", "broyden"]
 
@@ -52,7 +52,8 @@ def test_linear_cell_every_solver_and_backward_solver_match_closed_form():
     problem = Linear()
     pairs = [(solver, solver) for solver in SOLVERS] + [("picard", "broyden")]
     for solver, backward_solver in pairs:
-        result, grads = problem.solve(solver=solver, backward_solver=backward_solver,
+        result, grads = problem.solve(solver=solver,
+                                      gradient=ki.ops.Implicit(solver=backward_solver),
                                       tol=1e-12, max_iter=300)
         label = f"{solver}/{backward_solver}"
         np.testing.assert_allclose(result.z.numpy(), problem.z_star, atol=1e-10, err_msg=label)
@@ -73,14 +74,14 @@ def test_phantom_gradient():
     dL/dW = a z*^T c, dL/dU = a x^T c. Many undamped steps tend to the IFT gradient."""
     problem = Linear()
     a = 0.6
-    result, grads = problem.solve(tol=1e-12, max_iter=300, gradient="phantom", damping=a)
+    result, grads = problem.solve(tol=1e-12, max_iter=300, gradient=ki.ops.Phantom(damping=a))
     c = problem.c
     exact = [a * c @ problem.u_np.T, a * problem.z_star.T @ c, a * problem.x_np.T @ c]
     for got, want in zip(grads, exact):
         np.testing.assert_allclose(got.numpy(), want, atol=1e-10)
     np.testing.assert_allclose(result.z.numpy(), problem.z_star, atol=1e-10)
     assert int(result.stats.backward_iterations) == 1
-    result, grads = problem.solve(tol=1e-12, max_iter=300, gradient="phantom", phantom_steps=80)
+    result, grads = problem.solve(tol=1e-12, max_iter=300, gradient=ki.ops.Phantom(steps=80))
     for got, want in zip(grads, problem.grads):
         np.testing.assert_allclose(got.numpy(), want, atol=1e-9)
 
@@ -219,9 +220,9 @@ def test_non_convergence_is_reported(capfd):
     kwargs = dict(tol=1e-12, max_iter=3)
     with pytest.warns(FixedPointWarning, match="forward solve with solver 'anderson' did not "
                                                "converge.*status 1; iterations: 3"):
-        problem.solve(backward_max_iter=300, **kwargs)
+        problem.solve(gradient=ki.ops.Implicit(max_iter=300), **kwargs)
     with pytest.warns(FixedPointWarning, match="backward \\(implicit\\) solve"):
-        problem.solve(tol=1e-12, max_iter=300, backward_max_iter=2)
+        problem.solve(tol=1e-12, max_iter=300, gradient=ki.ops.Implicit(max_iter=2))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result, _ = problem.solve(on_failure="ignore", **kwargs)
@@ -255,16 +256,18 @@ def test_bad_arguments():
     fn = lambda z, x: 0.5 * z + x  # noqa: E731
     for kwargs, error, message in [
         ({"solver": "newton"}, ValueError, r"Valid names: .*Received: solver='newton'"),
-        ({"backward_solver": "newton"}, ValueError, "Received: backward_solver='newton'"),
+        ({"gradient": {"name": "implicit", "solver": "newton"}}, ValueError,
+         "Received: Implicit\\(solver\\)='newton'"),
         ({"tol": 0.0}, ValueError, "Received: tol=0.0"),
         ({"tol": -1.0}, ValueError, "Received: tol=-1.0"),
         ({"max_iter": 0}, ValueError, "Received: max_iter=0"),
-        ({"backward_tol": -1.0}, ValueError, "Received: backward_tol=-1.0"),
-        ({"backward_max_iter": 0}, ValueError, "Received: backward_max_iter=0"),
+        ({"gradient": {"name": "implicit", "tol": -1.0}}, ValueError, "Received: tol=-1.0"),
+        ({"gradient": {"name": "implicit", "max_iter": 0}}, ValueError, "Received: max_iter=0"),
         ({"stop_mode": "l1"}, ValueError, "Received: stop_mode='l1'"),
         ({"gradient": "adjoint"}, ValueError, "Received: gradient='adjoint'"),
-        ({"phantom_steps": 0}, ValueError, "Received: phantom_steps=0"),
-        ({"damping": 0.0}, ValueError, "Received: damping=0.0"),
+        ({"gradient": {"name": "phantom", "steps": 0}}, ValueError, "Received: steps=0"),
+        ({"gradient": {"name": "phantom", "damping": 0.0}}, ValueError, "Received: damping=0.0"),
+        ({"backward_tol": 1e-3}, TypeError, "backward_tol"),
         ({"on_failure": "print"}, ValueError, "Received: on_failure='print'"),
     ]:
         with pytest.raises(error, match=message):

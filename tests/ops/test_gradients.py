@@ -223,10 +223,10 @@ def test_normalized_adjoint_does_not_depend_on_the_loss_scale():
 
 def test_adjoint_options_survive_their_config():
     adjoint = ki.ops.Adjoint(rtol=1e-4, seminorm=False, normalize=True, solver="rk4")
-    restored = ki.ops.gradients.get(adjoint.get_config())
+    restored = ki.serialization.deserialize(ki.serialization.serialize(adjoint), "ode_gradient")
     assert restored.get_config() == adjoint.get_config()
     assert restored.normalize and not restored.seminorm
-    assert ki.ops.gradients.serialize(ki.ops.Adjoint()) == "adjoint"
+    assert ki.serialization.serialize(ki.ops.Adjoint()) == "adjoint"
 
 
 @pytest.mark.parametrize("solver,kwargs", [("dopri5", {}), ("rk4", {"num_steps": 8})])

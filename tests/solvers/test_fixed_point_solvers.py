@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_implicit.solvers import fixed_point_base, fixed_point_registry
+import keras_implicit as ki
+from keras_implicit.solvers import fixed_point_base
+from keras_implicit.solvers.status import Status
 from keras_implicit.solvers.anderson import Anderson
 from keras_implicit.solvers.broyden import Broyden
 from keras_implicit.solvers.picard import Picard
@@ -41,11 +43,11 @@ def test_solvers_find_the_exact_linear_fixed_point():
     fn, exact = linear_problem()
     for name in SOLVERS:
         for stop_mode in ("rel", "abs"):
-            z, stats = fixed_point_registry.get(name).solve(
+            z, stats = fixed_point_base.get(name).solve(
                 fn, tf.zeros(exact.shape, tf.float64), tol=1e-11, max_iter=500,
                 stop_mode=stop_mode)
             np.testing.assert_allclose(z.numpy(), exact, rtol=0, atol=1e-9, err_msg=name)
-            assert int(stats.status) == fixed_point_base.SUCCESS
+            assert int(stats.status) == Status.SUCCESS
             assert bool(stats.converged)
             residual = stats.rel_residual if stop_mode == "rel" else stats.abs_residual
             assert float(residual) <= 1e-11
@@ -63,8 +65,8 @@ def test_every_sample_meets_the_tolerance():
     fn = lambda z: tf.sin(z @ w) + x  # noqa: E731
     tol = 1e-8
     for name in SOLVERS:
-        z, stats = fixed_point_registry.get(name).solve(fn, tf.zeros_like(x), tol=tol,
-                                                        max_iter=300, stop_mode="abs")
+        z, stats = fixed_point_base.get(name).solve(fn, tf.zeros_like(x), tol=tol,
+                                                    max_iter=300, stop_mode="abs")
         per_sample = np.linalg.norm((fn(z) - z).numpy(), axis=1)
         assert np.all(per_sample <= 2 * tol), (name, per_sample)
         np.testing.assert_array_equal(z.numpy()[0], 0.0)
@@ -79,7 +81,7 @@ def test_anderson_and_broyden_need_fewer_iterations_than_picard():
     counts = {}
     for name in SOLVERS:
         fn, z0 = tanh_problem()
-        _, stats = fixed_point_registry.get(name).solve(fn, z0, tol=1e-8, max_iter=500)
+        _, stats = fixed_point_base.get(name).solve(fn, z0, tol=1e-8, max_iter=500)
         assert int(stats.status) == 0, name
         counts[name] = int(stats.iterations)
     print("iterations to tol 1e-8:", counts)
@@ -89,16 +91,16 @@ def test_anderson_and_broyden_need_fewer_iterations_than_picard():
 
 def test_failed_solves_stop_with_their_status():
     for name in SOLVERS:
-        solver = fixed_point_registry.get(name)
+        solver = fixed_point_base.get(name)
         # log of a negative number: NaN at the second evaluation.
         z, stats = solver.solve(tf.math.log, tf.fill([2, 3], 0.5), tol=1e-6, max_iter=1000)
-        assert int(stats.status) == fixed_point_base.NON_FINITE, name
+        assert int(stats.status) == Status.NON_FINITE, name
         assert int(stats.iterations) == 2 and not bool(stats.converged)
         assert np.all(np.isfinite(z.numpy())), "the best finite iterate is returned"
         # No fixed point at all: runs to max_iter.
         _, stats = solver.solve(lambda z: z + 1.0, tf.zeros([2, 3]), tol=1e-6, max_iter=17,
                                 stop_mode="abs")
-        assert int(stats.status) == fixed_point_base.MAX_ITER_REACHED, name
+        assert int(stats.status) == Status.MAX_STEPS_REACHED, name
         assert int(stats.iterations) == 17
         np.testing.assert_allclose(float(stats.abs_residual), np.sqrt(3.0), rtol=1e-5)
         # max_iter=1: the image of z0.
@@ -111,7 +113,7 @@ def test_failed_solves_stop_with_their_status():
     # (the relative residual stays 1/2: the norms must not overflow before the iterates).
     _, stats = Picard().solve(lambda z: 2.0 * z + 1.0, tf.zeros([1, 2]), tol=1e-6,
                               max_iter=100_000)
-    assert int(stats.status) == fixed_point_base.NON_FINITE
+    assert int(stats.status) == Status.NON_FINITE
     assert 100 < int(stats.iterations) < 200
 
 
@@ -139,23 +141,24 @@ def test_anderson_with_memory_one_is_damped_picard():
 
 
 def test_registry_names_dicts_and_instances():
-    assert isinstance(fixed_point_registry.get("anderson"), Anderson)
-    solver = fixed_point_registry.get({"name": "broyden", "memory": 4})
+    assert isinstance(fixed_point_base.get("anderson"), Anderson)
+    solver = fixed_point_base.get({"name": "broyden", "memory": 4})
     assert isinstance(solver, Broyden) and solver.memory == 4
     instance = Picard(damping=0.5)
-    assert fixed_point_registry.get(instance) is instance
+    assert fixed_point_base.get(instance) is instance
+    registry = fixed_point_base.FIXED_POINT_SOLVERS
     for solver in (Anderson(memory=3, regularization=0.0, damping=0.9), Broyden(), Picard()):
-        assert fixed_point_registry.get(fixed_point_registry.serialize(solver)) == solver
-    assert fixed_point_registry.serialize(Anderson()) == "anderson"
+        assert registry.get(ki.serialization.serialize(solver)) == solver
+    assert ki.serialization.serialize(Anderson()) == "anderson"
     with pytest.raises(ValueError, match=r"Valid names: \['anderson', 'broyden', 'picard'\]"
                                          r".*Received: solver='newton'"):
-        fixed_point_registry.get("newton")
-    with pytest.raises(ValueError, match="Invalid options for the solver 'picard'"):
-        fixed_point_registry.get({"name": "picard", "memory": 3})
+        fixed_point_base.get("newton")
+    with pytest.raises(ValueError, match="Invalid options for the fixed-point solver 'picard'"):
+        fixed_point_base.get({"name": "picard", "memory": 3})
     with pytest.raises(ValueError, match="needs a 'name' key"):
-        fixed_point_registry.get({"memory": 3})
+        fixed_point_base.get({"memory": 3})
     with pytest.raises(TypeError, match="Received: solver=3"):
-        fixed_point_registry.get(3)
+        fixed_point_base.get(3)
 
 
 def test_bad_options_and_arguments():

@@ -25,7 +25,8 @@ def test_embedded_and_dense_output_orders():
 
 
 def test_a_wrong_coefficient_is_caught():
-    with pytest.raises(ValueError, match="claims order 4 but satisfies the order conditions only up to order"):
+    with pytest.raises(ValueError, match="claims order 4 but satisfies the order conditions "
+                                         "only up to order"):
         runge_kutta.ButcherTableau("bad_rk4", c=[0, 0.5, 0.5, 1],
                                    a=[[], [0.5], [0, 0.5], [0, 0, 1]],
                                    b=[1 / 6, 1 / 3, 1 / 3, 1 / 5], order=4)
@@ -42,9 +43,12 @@ def test_a_must_be_strictly_lower_triangular():
 
 
 def test_registry_round_trip_and_custom_tableau_solver():
-    solver = ki.solvers.get({"name": "dopri5", "safety": 0.8})
-    assert solver.safety == 0.8
-    assert ki.solvers.get(solver.get_config()).get_config() == solver.get_config()
+    with pytest.warns(DeprecationWarning, match="IController"):
+        solver = ki.solvers.get({"name": "dopri5", "safety": 0.8})  # a 0.1.0 config
+    assert solver.default_controller().safety == 0.8
+    with pytest.warns(DeprecationWarning):
+        restored = ki.serialization.deserialize(ki.serialization.serialize(solver), "ode_solver")
+    assert restored.get_config() == solver.get_config()
     heun = runge_kutta.ButcherTableau("heun", c=[0, 1], a=[[], [1]], b=[0.5, 0.5], order=2)
     fixed = ki.solvers.FixedGridRungeKutta(heun)
     assert ki.solvers.get(fixed) is fixed

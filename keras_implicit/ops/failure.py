@@ -1,0 +1,106 @@
+"""One failure policy for every solve: ``on_failure="raise" | "warn" | "ignore"``.
+
+A solve that ends with a status other than ``Status.SUCCESS`` is reported:
+
+- ``"raise"``: ``tf.errors.InvalidArgumentError`` (eagerly, or when the graph
+  runs; the message names the solve, its status, what it means, and where it
+  stopped);
+- ``"warn"``: eagerly a Python :class:`SolverWarning` (``ODEWarning`` or
+  ``FixedPointWarning``); in a graph (``tf.function``, ``model.fit``) Python
+  cannot warn at run time, so a line is printed to stderr each time;
+- ``"ignore"``: nothing.
+
+The status stays in the statistics in every case. Under XLA
+(``jit_compile=True``) assertions and prints are not compiled: read the status.
+"""
+
+import sys
+import warnings
+
+import tensorflow as tf
+
+from keras_implicit import validation
+from keras_implicit.solvers.status import Status, describe
+
+ON_FAILURE = ("raise", "warn", "ignore")
+
+
+class SolverWarning(RuntimeWarning):
+    """A solve (ODE or fixed point, forward or backward) did not succeed."""
+
+
+class ODEWarning(SolverWarning):
+    """An ODE solve did not succeed (``on_failure="warn"``)."""
+
+
+class FixedPointWarning(SolverWarning):
+    """A fixed-point solve stopped without reaching its tolerance."""
+
+
+_WARNINGS = {"ode": ODEWarning, "fixed_point": FixedPointWarning}
+
+
+def check_on_failure(value):
+    return validation.one_of("on_failure", value, ON_FAILURE)
+
+
+def _legend(family):
+    return "; ".join(f"{int(status)} = {describe(status, family)}" for status in sorted(Status)
+                     if status > Status.SUCCESS)
+
+
+def report(status, on_failure, family, header, details, outputs):
+    """Reports a solve that did not succeed, according to ``on_failure``.
+
+    Args:
+        status: scalar int32 status tensor.
+        on_failure: ``"raise"``, ``"warn"`` or ``"ignore"``.
+        family: ``"ode"`` or ``"fixed_point"`` (which hints, warning class and layout).
+        header: the message's start, e.g. ``"odeint: the forward solve with
+            solver 'dopri5' failed"``.
+        details: a list of strings and scalar tensors: for ODEs what follows
+            the status (``["at time", t]``), for fixed points what follows it
+            in parentheses.
+        outputs: a list of tensors to make depend on the check.
+
+    Returns:
+        ``outputs``, after the check.
+    """
+    if on_failure == "ignore":
+        return outputs
+    if tf.executing_eagerly():
+        code = int(status)
+        if code == Status.SUCCESS:
+            return outputs
+        text = " ".join(_show(part) for part in details)
+        reason = describe(code, family)
+        if family == "ode":
+            message = f"{header} with status {code} {text}: {reason}."
+        else:
+            message = f"{header}: {reason} (status {code}{text})."
+        if on_failure == "raise":
+            raise tf.errors.InvalidArgumentError(None, None, message)
+        warnings.warn(message, _WARNINGS[family], stacklevel=4)
+        return outputs
+    # In a graph the status is a run-time value: the message carries the legend of
+    # every status (a gather of strings would not compile under XLA).
+    ok = tf.equal(status, Status.SUCCESS)
+    parts = [f"{header} with status", status, *details, f"(status codes: {_legend(family)})"]
+    if on_failure == "raise":
+        check = tf.debugging.Assert(ok, parts, summarize=3)
+    else:
+        def warn():
+            with tf.control_dependencies(
+                    [tf.print("WARNING:", *parts, output_stream=sys.stderr)]):
+                return tf.constant(False)
+
+        check = tf.cond(ok, lambda: tf.constant(True), warn)
+    with tf.control_dependencies([check]):
+        return [tf.identity(x) for x in outputs]
+
+
+def _show(part):
+    if tf.is_tensor(part):
+        value = part.numpy()
+        return f"{value.item():.6g}" if value.dtype.kind == "f" else str(value.item())
+    return str(part)

@@ -1,0 +1,151 @@
+"""How ``odeint`` differentiates a solve: gradient strategies as small objects that do the work.
+
+``odeint`` prepares an :class:`ODEProblem` (flat state, solve-coordinate
+times, the solver and its options) and hands it to the strategy's
+``integrate``, which runs the forward solve and defines its gradient:
+
+- :class:`Backprop` (``"backprop"``): differentiate through the solver's own
+  operations: the exact gradient of the discretisation; memory grows with the
+  number of steps.
+- ``Adjoint`` (``"adjoint"``, in ``ops.adjoint``): the continuous adjoint,
+  solved backwards in time with memory independent of the number of steps.
+- ``Checkpointed`` (``"checkpointed"``, in ``ops.checkpointed``): the exact
+  gradient of the discretisation, as ``Backprop``, with memory that grows like
+  the square root of the number of steps, for one extra forward pass.
+
+A strategy is registered by name in ``ODE_GRADIENTS`` (and so with Keras,
+through ``keras_implicit.serialization``): a new one subclasses
+:class:`ODEGradient` and implements ``integrate``.
+"""
+
+import collections
+
+from keras_implicit.ops.stats import ODEStats
+from keras_implicit.solvers.registry import Registry
+
+
+class ODEProblem(collections.namedtuple("ODEProblem", [
+        "fn", "y0", "params", "times", "solver", "solver_options", "first_step", "event_fn",
+        "dense", "jump_times", "dynamics_wrapper", "step_fn_wrapper", "solve_wrapper",
+        "on_backward", "on_failure", "compiled", "time_sign"])):
+    """A prepared solve, as ``odeint`` hands it to a gradient strategy.
+
+    Attributes:
+        fn: ``fn(t, y, params) -> dy/dt`` on flat lists, in the solve's time
+            coordinate (times increase).
+        y0, params: flat lists of tensors; the gradient must reach both (and
+            every trainable variable ``fn`` reads).
+        times: strictly increasing 1-D tensor of output times.
+        solver: an ``ODESolver``; solver_options: its ``SolverOptions``.
+        first_step: first step size or ``None`` (automatic).
+        event_fn: ``event_fn(t, y) -> (batch,)`` on flat states, or ``None``.
+        dense: whether to keep the dense solution.
+        jump_times: 1-D tensor of jump times (solve coordinate) or ``None``.
+        dynamics_wrapper, step_fn_wrapper, solve_wrapper: compile the
+            dynamics / the solver's trial step / a whole solve (``ops.jit``), or ``None``.
+        on_backward: called with the ``ODEStats`` after a backward solve.
+        on_failure: ``"raise"``, ``"warn"`` or ``"ignore"`` (backward solves).
+        compiled: the name of the compiled path, for the statistics.
+        time_sign: +1, -1 or a scalar tensor: the caller's time is
+            ``time_sign * t`` (for messages).
+    """
+
+    __slots__ = ()
+
+    def dynamics(self, params):
+        """``fn`` with ``params`` bound, wrapped as the compile policy says."""
+        def bound(t, y):
+            return self.fn(t, y, params)
+
+        return bound if self.dynamics_wrapper is None else self.dynamics_wrapper(bound)
+
+    def solve(self, fn, y0=None, times=None, **overrides):
+        """Runs the problem's solver on ``fn`` (a ``SolveResult``); keywords override options."""
+        arguments = dict(first_step=self.first_step, dense=self.dense, event_fn=self.event_fn,
+                         jump_times=self.jump_times)
+        options = overrides.pop("solver_options", self.solver_options)
+        arguments.update(overrides)
+        return self.integrate(fn, list(self.y0 if y0 is None else y0),
+                              self.times if times is None else times, options, **arguments)
+
+    def integrate(self, fn, y0, times, options, **arguments):
+        """``solver.integrate`` with the plan's step compilation, or compiled whole."""
+        def run(y0, times):
+            return self.solver.integrate(fn, list(y0), times, options,
+                                         step_fn_wrapper=self.step_fn_wrapper, **arguments)
+
+        if self.solve_wrapper is not None:
+            run = self.solve_wrapper(run)
+        return run(list(y0), times)
+
+
+class ODEGradient:
+    """Base class of the gradient strategies of ``odeint``.
+
+    Subclasses implement ``integrate(problem) -> (SolveResult, ODEStats)``
+    (flat states, solve-coordinate times) and ``get_config``.
+    """
+
+    name = None
+
+    def check(self, solver):
+        """Raises ``ValueError`` if this strategy cannot work with ``solver``."""
+
+    def integrate(self, problem):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash((type(self).__name__, repr(self.get_config())))
+
+    def __repr__(self):
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({options})"
+
+
+ODE_GRADIENTS = Registry("ODE gradient strategy", ODEGradient, "gradient")
+
+
+def require_differentiable(strategy, solver):
+    if not solver.differentiable:
+        raise ValueError(
+            f"The solver {solver.name!r} cannot be differentiated through its operations (TFP "
+            f"solvers differentiate only by an adjoint). Use gradient='adjoint' or a solver "
+            f"among 'dopri5', 'bosh3', 'rk4', 'midpoint', 'euler'. Received: "
+            f"gradient={strategy.name!r}, solver={solver.name!r}")
+
+
+@ODE_GRADIENTS.register("backprop")
+class Backprop(ODEGradient):
+    """Backpropagation through the solver's operations (needs a differentiable solver).
+
+    The exact gradient of the discretisation (step sizes are constants);
+    memory grows with the number of steps.
+
+    Example:
+        >>> ki.ops.odeint(fn, y0, t, gradient=ki.ops.Backprop())
+    """
+
+    name = "backprop"
+
+    def check(self, solver):
+        require_differentiable(self, solver)
+
+    def integrate(self, problem):
+        result = problem.solve(problem.dynamics(problem.params))
+        return result, ODEStats.from_solve(result.stats, compiled=problem.compiled)
+
+
+def get(identifier, argument="gradient"):
+    """An ``ODEGradient`` from ``"adjoint"``, ``"backprop"``, ``"checkpointed"``, a config
+    dict or an instance."""
+    return ODE_GRADIENTS.get(identifier, argument)

@@ -1,0 +1,189 @@
+"""Terminal events, per sample: stop a sample where ``event_fn(t, y)`` changes sign.
+
+``EventTracker`` runs inside an adaptive solver's loop. After each accepted
+step it evaluates ``g = event_fn(t_new, y_new)`` (shape ``(batch,)``); where
+``g`` changed sign (or reached 0) since the last accepted step, the root is
+located on the step's interpolating polynomial by bisection in ``theta`` to
+the last bit of the time dtype, not by shortening steps. A sample whose event
+fired is frozen at its event state (its dynamics are masked to 0); the solve
+ends when every sample has fired, or at the end time. ``event_fn`` is called
+with ``t`` of shape ``(batch,)`` during root finding, so it must broadcast
+``t`` against the state (``t - y[:, 0]`` does; a scalar ``t`` is passed
+otherwise).
+
+Gradients through the event time under backpropagation (the implicit function
+theorem, ``dt*/dθ = -(dg/dθ at fixed t) / (dg/dt)``) come from a zero-valued
+correction ``-(G - stop_gradient(G)) / stop_gradient(dg/dt)`` added to the
+located time, with ``G = event_fn(t*, y(t*))`` differentiable through the
+step's polynomial; the event state gets ``f* · (that correction)``. The
+adjoint computes the same from the stored event quantities (``ops.adjoint``).
+"""
+
+import collections
+
+import tensorflow as tf
+
+from keras_implicit.solvers import interpolation
+from keras_implicit.solvers import state as state_ops
+
+
+class EventResult(
+        collections.namedtuple("EventResult", ["times", "states", "fired", "slopes"])):
+    """Per sample: ``times`` (batch,), ``states`` (flat list, batch-first), ``fired`` (bool)
+    and ``slopes``, ``dy/dt`` at the event (flat list, constant; for the adjoint).
+
+    Samples whose event did not fire report the end time and the final state.
+    """
+
+    __slots__ = ()
+
+
+def batch_where(mask, a, b):
+    """``a`` where the per-sample ``mask`` (batch,) holds, else ``b`` (batch-first tensors)."""
+    mask = tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([tf.rank(a) - 1], tf.int32)], 0))
+    return tf.where(mask, a, b)
+
+
+def _per_sample(theta, like):
+    """``theta`` (batch,) shaped to broadcast against a batch-first tensor."""
+    return tf.reshape(tf.cast(theta, like.dtype),
+                      tf.concat([tf.shape(theta), tf.ones([tf.rank(like) - 1], tf.int32)], 0))
+
+
+def _polynomials_at(coefficients, theta):
+    """Each tensor's step polynomial at a per-sample ``theta`` (batch,)."""
+    return [interpolation.evaluate([c], _per_sample(theta, c[0]))[0] for c in coefficients]
+
+
+class EventTracker:
+    """Loop-side event detection for one solve.
+
+    Args:
+        event_fn: ``event_fn(t, y) -> (batch,)`` with ``y`` a flat list of
+            batch-first tensors.
+        dtype: the control dtype (of times).
+    """
+
+    def __init__(self, event_fn, dtype):
+        self.event_fn = event_fn
+        self.dtype = dtype
+        self.iterations = int(state_ops.finfo(dtype).nmant) + 2
+
+    def evaluate(self, t, y):
+        g = tf.convert_to_tensor(self.event_fn(t, y))
+        if not g.dtype.is_floating:
+            raise TypeError(f"`event_fn` must return floating values of shape (batch,). "
+                            f"Received: dtype {g.dtype.name}")
+        if g.shape.rank is not None and g.shape.rank != 1:
+            raise ValueError(f"`event_fn` must return one value per sample, shape (batch,). "
+                             f"Received: shape {g.shape} for a state of shape {y[0].shape}")
+        batch = y[0].shape[:1]
+        if not g.shape.is_compatible_with(batch):
+            raise ValueError(f"`event_fn` must return one value per sample, shape (batch,). "
+                             f"Received: shape {g.shape} for a state of shape {y[0].shape}")
+        return tf.cast(g, self.dtype)
+
+    def initial_state(self, t0, y0):
+        g0 = self.evaluate(t0, y0)
+        batch = tf.shape(g0)[0]
+        return {"g": g0, "fired": tf.zeros([batch], tf.bool),
+                "times": tf.zeros([batch], self.dtype), "states": [tf.zeros_like(y) for y in y0],
+                "slopes": [tf.zeros_like(y) for y in y0], "steps": tf.constant(0, tf.int32)}
+
+    def mask(self, fn, state):
+        """``fn`` with the derivative of every fired sample set to 0 (it stays at its event)."""
+        fired = state["fired"]
+
+        def masked(t, y):
+            return [batch_where(fired, tf.zeros_like(f), f) for f in fn(t, y)]
+
+        return masked
+
+    def hold(self, state, time, values):
+        """``values`` at ``time``, fired samples held at their event state from their event on."""
+        held = state["fired"] & (state["times"] <= time)
+        return [batch_where(held, s, v) for s, v in zip(state["states"], values)]
+
+    def all_fired(self, state):
+        return tf.reduce_all(state["fired"]) & (tf.size(state["fired"]) > 0)
+
+    def update(self, state, accept, t, h, t_new, y_new, coefficients):
+        """After a trial step: locates the events of the accepted step.
+
+        Returns ``(state, y_new)`` with newly fired samples of ``y_new`` set to
+        their event state.
+        """
+
+        def located():
+            g_new = self.evaluate(t_new, y_new)
+            crossing = (~state["fired"] & tf.not_equal(state["g"], 0.0)
+                        & (tf.equal(g_new, 0.0) | (tf.sign(g_new) != tf.sign(state["g"]))))
+            return g_new, crossing
+
+        g_new, crossing = tf.cond(
+            accept, located,
+            lambda: (state["g"], tf.zeros_like(state["fired"])))
+
+        def fire():
+            theta = self._bisect(state["g"], t, h, coefficients, crossing)
+            times, states, slopes = self._differentiable_event(theta, t, h, coefficients)
+            new = {
+                "g": g_new, "fired": state["fired"] | crossing,
+                "times": tf.where(crossing, times, state["times"]),
+                "states": [batch_where(crossing, s, old)
+                           for s, old in zip(states, state["states"])],
+                "slopes": [batch_where(crossing, s, old)
+                           for s, old in zip(slopes, state["slopes"])],
+                "steps": state["steps"] + 1,
+            }
+            return new, [batch_where(crossing, s, y) for s, y in zip(states, y_new)]
+
+        def keep():
+            return {**state, "g": tf.where(accept, g_new, state["g"])}, list(y_new)
+
+        return tf.cond(tf.reduce_any(crossing), fire, keep)
+
+    def _g_at(self, theta, t, h, coefficients):
+        return self.evaluate(t + theta * h, _polynomials_at(coefficients, theta))
+
+    def _bisect(self, g_start, t, h, coefficients, crossing):
+        """``theta`` in (0, 1] of each crossing sample's sign change, to the last bit."""
+        lower = tf.zeros_like(g_start)
+        upper = tf.ones_like(g_start)
+        g_lower = g_start
+
+        def body(k, lower, upper, g_lower):
+            middle = 0.5 * (lower + upper)
+            g_middle = tf.stop_gradient(self._g_at(middle, t, h, coefficients))
+            same = tf.not_equal(g_middle, 0.0) & (tf.sign(g_middle) == tf.sign(g_lower))
+            return (k + 1, tf.where(same, middle, lower), tf.where(same, upper, middle),
+                    tf.where(same, g_middle, g_lower))
+
+        _, _, upper, _ = tf.while_loop(
+            lambda k, *_: k < self.iterations, body,
+            (tf.constant(0), lower, upper, g_lower), maximum_iterations=self.iterations)
+        return tf.stop_gradient(tf.where(crossing, upper, tf.ones_like(upper)))
+
+    def _differentiable_event(self, theta, t, h, coefficients):
+        """Event times and states with the implicit-function-theorem gradient attached."""
+        t_star = tf.stop_gradient(t + theta * h)
+        states = _polynomials_at(coefficients, theta)
+        g_star = self.evaluate(t_star, states)
+        constant = [[tf.stop_gradient(x) for x in c] for c in coefficients]
+        with tf.GradientTape() as tape:
+            times = tf.identity(t_star)
+            tape.watch(times)
+            g_moved = self.evaluate(times, _polynomials_at(constant, (times - t) / h))
+        # dg/dt along the solution: one value per sample (samples do not interact).
+        g_dot = tf.stop_gradient(tape.gradient(g_moved, times))
+        safe = tf.where(tf.equal(g_dot, 0.0), tf.ones_like(g_dot), g_dot)
+        shift = -(g_star - tf.stop_gradient(g_star)) / safe
+        slopes = [interpolation.derivative([c], _per_sample(theta, c[0]), h)[0] for c in constant]
+        states = [s + f * _per_sample(shift, s) for s, f in zip(states, slopes)]
+        return t_star + shift, states, slopes
+
+    def finish(self, state, t_end, y_final):
+        fired = state["fired"]
+        times = tf.where(fired, state["times"], tf.fill(tf.shape(fired), t_end))
+        states = [batch_where(fired, s, y) for s, y in zip(state["states"], y_final)]
+        return EventResult(times, states, fired, state["slopes"])

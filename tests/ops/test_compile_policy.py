@@ -1,0 +1,103 @@
+"""jit_dynamics="auto" | True | False: the same numbers on every path, the path it chose,
+and a clean fallback for dynamics XLA cannot compile."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_implicit as ki
+
+
+def dense_dynamics():
+    layer = ki.layers.ConcatDense(4, activation="tanh", dtype="float64")
+    layer.build((None, 4))
+    return layer
+
+
+def conv_dynamics():
+    layer = ki.layers.ConcatConv2D(2, 3, activation="tanh", dtype="float64")
+    layer.build((None, 3, 3, 2))
+    return layer
+
+
+def solve_and_grad(layer, y0, jit, dynamics=None, **kwargs):
+    dynamics = dynamics or (lambda t, y: layer(y, t=t))
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch(y0)
+            result = ki.ops.odeint(dynamics, y0, [0.0, 0.4, 1.0], rtol=1e-9,
+                                   atol=1e-9, jit_dynamics=jit, **kwargs)
+            loss = tf.reduce_sum(result.states ** 2)
+        grads = tape.gradient(loss, [y0] + layer.trainable_variables)
+        return [result.states] + grads
+
+    values = [x.numpy() for x in run()]
+    return values, run
+
+
+CASES = [("dopri5", "adjoint", {}), ("bosh3", "backprop", {}), ("dopri5", "checkpointed", {}),
+         ("rk4", "adjoint", {"num_steps": 6}), ("rk4", "backprop", {"num_steps": 6})]
+
+
+@pytest.mark.parametrize("solver,gradient,kwargs", CASES)
+def test_every_path_gives_the_same_states_and_gradients(solver, gradient, kwargs):
+    layer = dense_dynamics()
+    y0 = tf.constant(np.random.RandomState(0).randn(3, 4))
+    reference, _ = solve_and_grad(layer, y0, False, solver=solver, gradient=gradient, **kwargs)
+    for jit in ("auto", True):
+        values, _ = solve_and_grad(layer, y0, jit, solver=solver, gradient=gradient, **kwargs)
+        for a, b in zip(reference, values):
+            np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=str(jit))
+
+
+@pytest.mark.parametrize("make,gradient,expected", [
+    (dense_dynamics, "adjoint", "solve"), (dense_dynamics, "backprop", "step"),
+    (dense_dynamics, "checkpointed", "step"), (conv_dynamics, "adjoint", "dynamics")])
+def test_auto_reports_the_path_it_chose(make, gradient, expected):
+    layer = make()
+    shape = (2, 4) if make is dense_dynamics else (2, 3, 3, 2)
+    y0 = tf.constant(np.random.RandomState(1).randn(*shape))
+    box = {}
+
+    @tf.function
+    def run():
+        result = ki.ops.odeint(lambda t, y: layer(y, t=t), y0, [0.0, 1.0], gradient=gradient)
+        box["compiled"] = result.stats.compiled
+        return result.states
+
+    run()
+    assert box["compiled"] == expected
+    eager = ki.ops.odeint(lambda t, y: layer(y, t=t), y0, [0.0, 1.0], gradient=gradient)
+    assert eager.stats.compiled == "none"  # eager calls compile nothing
+
+
+def test_auto_falls_back_with_one_warning_for_dynamics_xla_cannot_compile():
+    layer = dense_dynamics()
+
+    def dynamics(t, y):
+        doubled = tf.py_function(lambda v: 2.0 * v, [y], tf.float64)
+        return layer(tf.ensure_shape(doubled, y.shape) * 0.5, t=t)
+
+    y0 = tf.constant(np.random.RandomState(2).randn(3, 4))
+    with pytest.warns(UserWarning, match="does not compile with XLA.*EagerPyFunc"):
+        values, _ = solve_and_grad(layer, y0, "auto", dynamics)
+    reference, _ = solve_and_grad(layer, y0, False, dynamics)
+    for a, b in zip(reference, values):
+        np.testing.assert_allclose(b, a, rtol=1e-12)
+
+
+def test_the_layer_keeps_auto_in_its_config_and_reports_the_path(tmp_path):
+    x = np.random.RandomState(3).randn(8, 4).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), ki.layers.NeuralODE(
+        ki.layers.ConcatDense(4, activation="tanh"), name="ode"), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    model.fit(x, x[:, :1], epochs=1, verbose=0)
+    layer = model.get_layer("ode")
+    assert layer.get_config()["jit_dynamics"] == "auto"
+    with pytest.raises(ValueError, match="jit_dynamics='yes'"):
+        ki.layers.NeuralODE(ki.layers.ConcatDense(4), jit_dynamics="yes")
+    with pytest.raises(ValueError, match="jit_dynamics=True"):
+        ki.layers.NeuralODE(ki.layers.ConcatDense(4), solver="bdf", jit_dynamics=True)

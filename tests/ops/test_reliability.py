@@ -1,0 +1,168 @@
+"""Regression tests of the hostile probe's findings (issue 10): each reproduction, fixed."""
+
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_implicit as ki
+
+
+def exponential_gradient(times, gradient="adjoint", dtype=tf.float64, **kwargs):
+    a = tf.Variable(0.7, dtype=dtype)
+    with tf.GradientTape() as tape:
+        result = ki.ops.odeint(lambda t, y: a * y, tf.constant([1.3], dtype),
+                               tf.constant(times, dtype), gradient=gradient, **kwargs)
+        loss = tf.reduce_sum(result.states)
+    return float(tape.gradient(loss, a)), result
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop", "checkpointed"])
+def test_close_output_times_do_not_underflow_the_adjoint(gradient):
+    """times = [0, 1e-3, 1]: the backward solve of [1e-3, 1] ended with a rounding-sized
+    step that warm-started [0, 1e-3] into a step-size underflow."""
+    times = [0.0, 1e-3, 1.0]
+    grad, _ = exponential_gradient(times, gradient)
+    exact = 1.3 * sum(t * np.exp(0.7 * t) for t in times)
+    assert abs(grad - exact) < 1e-3 * exact
+
+
+def test_close_output_times_under_xla_keep_the_loss_finite():
+    a = tf.Variable(0.7)
+
+    @tf.function(jit_compile=True)
+    def step():
+        with tf.GradientTape() as tape:
+            states = ki.ops.odeint(lambda t, y: a * y, tf.constant([1.3]),
+                                   tf.constant([0.0, 1e-3, 1.0])).states
+            loss = tf.reduce_sum(states)
+        return loss, tape.gradient(loss, a)
+
+    loss, grad = step()
+    assert np.isfinite(float(loss)) and np.isfinite(float(grad))
+
+
+def test_neural_ode_fits_with_an_early_solution_time():
+    x = np.random.RandomState(0).randn(32, 2).astype("float32")
+    model = keras.Sequential([
+        keras.Input((2,)),
+        ki.layers.NeuralODE(ki.layers.ConcatDense(2, activation="tanh"),
+                            solution_times=[0.001, 1.0], return_sequences=True),
+        keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    history = model.fit(x, x[:, :1], epochs=2, batch_size=8, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+def test_step_counts_that_would_overflow_are_refused():
+    y0 = tf.constant([1.0], tf.float64)
+    with pytest.raises(ValueError, match=r"at most 2\*\*31 - 1.*num_steps=2147483648"):
+        ki.ops.odeint(lambda t, y: y, y0, [0.0, 1.0], solver="euler", num_steps=2**31)
+    with pytest.raises(ValueError, match=r"at most 2\*\*31 - 1.*max_num_steps=2147483648"):
+        ki.ops.odeint(lambda t, y: y, y0, [0.0, 1.0], max_num_steps=2**31)
+    with pytest.raises(ValueError, match="num_steps=20000, max_num_steps=10000"):
+        ki.ops.odeint(lambda t, y: y, y0, [0.0, 1.0], solver="euler", num_steps=20_000)
+
+
+def test_a_step_the_time_dtype_cannot_resolve_is_an_error():
+    """float32 times: 2**30 steps over [0, 1] are below the spacing of floats near 1."""
+    with pytest.raises(ValueError, match="num_steps"):
+        ki.ops.odeint(lambda t, y: y, tf.constant([1.0]), [0.0, 1.0], solver="euler",
+                      num_steps=2**30, max_num_steps=2**31 - 1)
+
+
+def test_half_precision_states_take_many_steps_in_float32_time():
+    """float16 cannot count 70,000 steps of 1/70000; the solver's time is float32."""
+    run = tf.function(lambda: ki.ops.odeint(
+        lambda t, y: y, tf.constant([1.0], tf.float16), [0.0, 1.0], solver="euler",
+        num_steps=70_000, max_num_steps=70_000).states[-1], jit_compile=True)
+    np.testing.assert_allclose(float(run()[0]), np.e, rtol=2e-3)
+
+
+@pytest.mark.parametrize("solver", ["tfp_dopri5", "bdf"])
+def test_tfp_solvers_stop_soon_after_the_dynamics_turn_nan(solver):
+    def fn(t, y):
+        return tf.where(t > 0.5, tf.constant(np.nan, tf.float64), -y)
+
+    start = time.perf_counter()
+    result = ki.ops.odeint(fn, tf.constant([1.0, 2.0], tf.float64), [0.0, 1.0], solver=solver,
+                           on_failure="ignore")
+    assert time.perf_counter() - start < 60  # was still running after 110 s
+    assert int(result.stats.status) == int(ki.ops.Status.NON_FINITE)
+    assert int(result.stats.forward_nfe) < 500
+    # TFP's step control locates the onset to about a step at atol = 1e-3.
+    assert abs(float(result.stats.final_time) - 0.5) < 0.1
+    assert np.all(np.isnan(result.states[-1].numpy()))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"status 2 at time 0\.[456]"):
+        ki.ops.odeint(fn, tf.constant([1.0, 2.0], tf.float64), [0.0, 1.0], solver=solver)
+
+
+def test_backward_failure_names_the_time_it_reached():
+    """A backward (adjoint) solve that runs out of steps reports its own time, not 0."""
+    a = tf.Variable(0.7, dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        states = ki.ops.odeint(lambda t, y: a * y, tf.constant([1.0], tf.float64),
+                               [0.0, 1.0, 2.0], rtol=1e-10, atol=1e-10,
+                               gradient=ki.ops.Adjoint(max_num_steps=3)).states
+        loss = tf.reduce_sum(states)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"backward \(adjoint\) solve .* status 1 at time 1\.\d"):
+        tape.gradient(loss, a)
+
+
+def test_empty_batches_give_empty_outputs_and_zero_gradients():
+    ode = ki.layers.NeuralODE(ki.layers.ConcatDense(2, activation="tanh"))
+    deq = ki.layers.DEQ(ki.layers.DEQDenseCell(), state_shape=(3,))
+    for layer, width in ((ode, 2), (deq, 3)):
+        empty = tf.zeros([0, 2])
+        with tf.GradientTape() as tape:
+            out = layer(empty)
+            loss = tf.reduce_sum(out)
+        assert out.shape == (0, width)
+        for grad in tape.gradient(loss, layer.trainable_variables):
+            assert grad is None or float(tf.reduce_sum(tf.abs(grad))) == 0.0
+
+
+def test_a_last_batch_smaller_than_the_replicas_trains(two_device_strategies):
+    """33 samples in batches of 16: the last global batch (1 sample) leaves one replica empty."""
+    _, mirrored = two_device_strategies
+    x = np.random.RandomState(0).randn(33, 2).astype("float32")
+    with mirrored.scope():
+        model = keras.Sequential([
+            keras.Input((2,)),
+            ki.layers.NeuralODE(ki.layers.ConcatDense(2, activation="tanh")),
+            ki.layers.DEQ(ki.layers.DEQDenseCell(), state_shape=(3,)),
+            keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+    history = model.fit(x, x[:, :1], batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"rtol": float("nan")}, "rtol=nan"), ({"atol": float("inf")}, "atol=inf"),
+    ({"rtol": float("inf")}, "rtol=inf"), ({"t1": float("inf")}, "t1=inf"),
+    ({"t0": float("nan")}, "t0=nan"), ({"gradient": {"name": "adjoint", "rtol": float("nan")}},
+                                       "rtol=nan"),
+    ({"solver": {"name": "bdf", "max_order": 9}}, "max_order=9"),
+    ({"solver": {"name": "bdf", "newton_tol_factor": -1}}, "newton_tol_factor=-1"),
+    ({"solver": {"name": "tfp_dopri5", "bogus": 1}}, "bogus"),
+    ({"solution_times": [0.5, float("nan"), 1.0], "return_sequences": True}, "solution_times"),
+])
+def test_numeric_options_are_checked_on_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ki.layers.NeuralODE(ki.layers.ConcatDense(2), **kwargs)
+
+
+def test_a_crafted_config_is_checked_when_loaded():
+    layer = ki.layers.NeuralODE(ki.layers.ConcatDense(2))
+    config = layer.get_config()
+    config["rtol"] = float("nan")
+    with pytest.raises(ValueError, match="rtol=nan"):
+        ki.layers.NeuralODE.from_config(config)
+    config = layer.get_config()
+    config["gradient"] = {"module": "keras_implicit.ops.adjoint", "class_name": "Adjoint",
+                          "config": {"atol": -1.0}, "registered_name": "keras_implicit>Adjoint"}
+    with pytest.raises(ValueError, match="atol=-1.0"):
+        ki.layers.NeuralODE.from_config(config)
