@@ -1,6 +1,7 @@
 """``keras-implicit flow``: trains with fit, writes the figure, the metrics and the model;
 bad flags exit with status 2 and a one-line message before anything is created."""
 
+import functools
 import json
 
 import matplotlib.image
@@ -20,6 +21,17 @@ def flow_only(monkeypatch):
     """The CLI with only this subcommand (the others import their own experiments)."""
     monkeypatch.setattr(cli, "COMMANDS", {"flow": cli.COMMANDS["flow"]})
     return cli.main
+
+
+@pytest.fixture
+def uncompiled_flow(monkeypatch):
+    """The command's ContinuousFlow with jit_dynamics=False. Under the default 'auto' XLA
+    compiles the solves, 14 s of this test's 20 s for three training steps; the compile
+    policy has its own tests (tests/ops/test_compile_policy.py)."""
+    import keras_implicit as ki
+
+    monkeypatch.setattr(ki.models, "ContinuousFlow",
+                        functools.partial(ki.models.ContinuousFlow, jit_dynamics=False))
 
 
 def test_dataset_choices_are_the_toy_densities():
@@ -76,7 +88,8 @@ def test_an_unwritable_out_is_refused(flow_only, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_trains_writes_results_and_refuses_other_settings(flow_only, tmp_path, capsys):
+def test_trains_writes_results_and_refuses_other_settings(flow_only, uncompiled_flow, tmp_path,
+                                                          capsys):
     out = tmp_path / "pinwheel"
     code = flow_only(["flow", "--dataset", "pinwheel", "--out", str(out),
                       "--kinetic-weight", "0.01"] + TINY)

@@ -121,7 +121,8 @@ def test_block_memory_grows_with_resnet_depth_but_not_with_the_ode_interval():
     starts); ratios, not bytes. The adjoint ODE-Net takes more steps over [0, 4] than
     over [0, 1] but holds no more memory; four times the ResNet blocks hold about four
     times the activations."""
-    settings = {"batch_size": 8, "rknet_steps": 4}
+    # Uncompiled: XLA's compilation of the dynamics would add 15 s and not change the ratios.
+    settings = {"batch_size": 8, "rknet_steps": 4, "jit_dynamics": False}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         resnet, odenet = pool.map(lambda kind: block_memory.measure_in_subprocess(kind, settings),
                                   ("resnet", "odenet"))
