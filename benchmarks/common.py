@@ -68,61 +68,38 @@ def build_model(name):
 
 def build_feature_stack(name, filters=64):
     """The part of a Table 1 model that differs between them, alone: residual blocks or
-    the NeuralODE on a 6x6x``filters`` input, then pool and Dense(10) for a loss."""
-    import keras
+    the NeuralODE on a 6x6x``filters`` input, then pool and Dense(10) for a loss.
 
-    from keras_implicit.applications import ODEBlockDynamics, ResidualBlock
-    from keras_implicit.applications.odenet_mnist import ODE_DEFAULTS
-    from keras_implicit.layers import NeuralODE
+    ``name`` as for :func:`build_model`; built by
+    ``keras_implicit.experiments.block_memory.feature_stack``, which also serves the
+    block-memory column of ``keras-implicit table1``.
+    """
+    from keras_implicit.experiments import block_memory
 
-    keras.utils.set_random_seed(0)
     kind, _, option = name.replace("_", "-").partition("-")
-    inputs = keras.Input((6, 6, filters))
-    x = inputs
     if kind == "resnet":
-        for _ in range(int(option) if option else 6):
-            x = ResidualBlock(filters)(x)
-    elif kind in ("rknet", "odenet"):
-        settings = dict(ODE_DEFAULTS[kind])
-        if kind == "rknet" and option:
-            settings["num_steps"] = int(option)
-        if kind == "odenet" and option:
-            settings["gradient"] = option
-        x = NeuralODE(ODEBlockDynamics(filters), name="neural_ode", **settings)(x)
-    else:
-        raise ValueError(f"Unknown feature stack. Received: name={name!r}")
-    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
-    return keras.Model(inputs, outputs)
+        return block_memory.feature_stack(kind, num_blocks=int(option) if option else 6,
+                                          filters=filters)
+    if kind == "rknet":
+        return block_memory.feature_stack(kind, num_steps=int(option) if option else 4,
+                                          filters=filters)
+    if kind == "odenet":
+        return block_memory.feature_stack(kind, gradient=option or None, filters=filters)
+    raise ValueError(f"Unknown feature stack. Received: name={name!r}")
 
 
 def feature_batch(batch, filters=64, seed=0):
     """Random 6x6x``filters`` states and labels (float32, int32 tensors)."""
-    import numpy as np
-    import tensorflow as tf
+    from keras_implicit.experiments import block_memory
 
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(batch, 6, 6, filters)).astype("float32")
-    return tf.constant(x), tf.constant(rng.integers(0, 10, batch).astype("int32"))
+    return block_memory.feature_batch(batch, filters, seed)
 
 
 def make_train_step(model):
     """A ``tf.function``: forward, backward and an SGD update; returns the loss."""
-    import keras
-    import tensorflow as tf
+    from keras_implicit.experiments import block_memory
 
-    optimizer = keras.optimizers.SGD(0.01)
-    optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    return step
+    return block_memory.make_train_step(model)
 
 
 def solver_stats(model):

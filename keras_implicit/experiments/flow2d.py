@@ -8,12 +8,21 @@ the test NLL. Example::
     keras-implicit flow --dataset pinwheel --steps 2000 --out runs/pinwheel
 """
 
+import argparse
 import json
 import pathlib
 import time
 
-# Names of keras_implicit.datasets.toy2d (not imported here: it would import TensorFlow).
+from keras_implicit import files
+from keras_implicit.experiments import arguments
+
+# Names of keras_implicit.datasets.toy2d, for argparse (a test checks that they match).
 DATASETS = ("moons", "8gaussians", "pinwheel", "checkerboard", "rings", "2spirals", "circles")
+
+
+RESULT_NAMES = ("flow2d.png", "metrics.json", "flow.keras")
+# toy2d draws at most this many training points (steps * batch size, capped).
+MAX_TRAIN_POINTS = 200_000
 
 
 def _units(text):
@@ -22,54 +31,76 @@ def _units(text):
     except ValueError:
         units = ()
     if not units or min(units) < 1:
-        raise ValueError(f"--hidden must be comma-separated positive ints, e.g. 64,64,64. "
-                         f"Received: --hidden={text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated ints >= 1, e.g. 64,64,64. Received: {text!r}")
     return units
 
 
 def add_arguments(parser):
     parser.add_argument("--dataset", default="pinwheel", choices=DATASETS)
-    parser.add_argument("--steps", type=int, default=2000, help="training steps (batches)")
+    parser.add_argument("--steps", type=arguments.positive_int, default=2000,
+                        help="training steps (batches)")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace earlier results of flow in --out made with other settings")
+    parser.add_argument("--batch-size", type=arguments.int_in_range(1, MAX_TRAIN_POINTS),
+                        default=512)
+    parser.add_argument("--seed", type=arguments.seed, default=0)
     parser.add_argument("--trace", default="hutchinson", choices=("hutchinson", "exact"),
                         help="trace estimator for training (evaluation always uses 'exact')")
     parser.add_argument("--noise", default="rademacher", choices=("rademacher", "gaussian"))
     parser.add_argument("--solver", default="dopri5")
-    parser.add_argument("--rtol", type=float, default=1e-5)
-    parser.add_argument("--atol", type=float, default=1e-5)
-    parser.add_argument("--num-steps", type=int, default=None, help="fixed-grid solvers only")
+    parser.add_argument("--rtol", type=arguments.positive_float, default=1e-5)
+    parser.add_argument("--atol", type=arguments.positive_float, default=1e-5)
+    parser.add_argument("--num-steps", type=arguments.positive_int, default=None,
+                        help="fixed-grid solvers only")
     parser.add_argument("--gradient", default="adjoint", choices=("adjoint", "backprop"))
-    parser.add_argument("--hidden", default="64,64,64", help="hidden units of the dynamics MLP")
-    parser.add_argument("--num-blocks", type=int, default=1)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--kinetic-weight", type=float, default=0.0)
-    parser.add_argument("--jacobian-weight", type=float, default=0.0)
-    parser.add_argument("--test-size", type=int, default=5000)
-    parser.add_argument("--grid", type=int, default=100, help="density plot resolution")
+    parser.add_argument("--hidden", type=_units, default=(64, 64, 64),
+                        help="hidden units of the dynamics MLP (default 64,64,64)")
+    parser.add_argument("--num-blocks", type=arguments.int_in_range(1, 100), default=1)
+    parser.add_argument("--learning-rate", type=arguments.positive_float, default=1e-3)
+    parser.add_argument("--kinetic-weight", type=arguments.nonnegative_float, default=0.0)
+    parser.add_argument("--jacobian-weight", type=arguments.nonnegative_float, default=0.0)
+    parser.add_argument("--test-size", type=arguments.int_in_range(1, 10_000_000), default=5000)
+    parser.add_argument("--grid", type=arguments.int_in_range(2, 2000), default=100,
+                        help="density plot resolution")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                         help="Keras fit verbosity (1: progress bar)")
 
 
-def _check(args):
-    for name in ("steps", "batch_size", "num_blocks", "test_size", "grid"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1. "
-                             f"Received: --{name.replace('_', '-')}={getattr(args, name)}")
-    for name in ("rtol", "atol", "learning_rate"):
-        if not getattr(args, name) > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0. "
-                             f"Received: --{name.replace('_', '-')}={getattr(args, name)}")
-    for name in ("kinetic_weight", "jacobian_weight"):
-        if not getattr(args, name) >= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0. "
-                             f"Received: --{name.replace('_', '-')}={getattr(args, name)}")
-    return _units(args.hidden)
+def _flow(args):
+    import keras_implicit as ki
+
+    return ki.models.ContinuousFlow(
+        num_blocks=args.num_blocks, hidden_units=args.hidden, solver=args.solver,
+        rtol=args.rtol, atol=args.atol, num_steps=args.num_steps, trace=args.trace,
+        noise=args.noise, gradient=args.gradient, kinetic_energy_weight=args.kinetic_weight,
+        jacobian_frobenius_weight=args.jacobian_weight, seed=args.seed)
+
+
+def validate(args):
+    """Checks every argument and ``--out`` without creating anything.
+
+    Raises:
+        arguments.UsageError: with a one-line message.
+    """
+    from keras_implicit.experiments import run_directory
+
+    arguments.check_solver("--solver", args.solver, args.num_steps)
+    try:
+        _flow(args)  # the library's own checks of the combination (e.g. bdf + backprop)
+    except (ValueError, TypeError) as error:
+        raise arguments.UsageError(str(error)) from None
+    arguments.check_output_directory(args.out)
+    settings = {key: value for key, value in sorted(vars(args).items())
+                if not key.startswith("_") and key not in ("out", "overwrite", "verbose")}
+    settings["hidden"] = list(settings["hidden"])
+    args.run_directory = run_directory.RunDirectory(args.out, "flow", settings, RESULT_NAMES)
+    args.run_directory.check(args.overwrite)
 
 
 def run(args):
-    hidden = _check(args)
+    """Trains and writes the results; call ``validate`` first."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -77,18 +108,15 @@ def run(args):
     import keras_implicit as ki
 
     out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args.run_directory.prepare(args.overwrite)
     keras.utils.set_random_seed(args.seed)
-    train = ki.datasets.toy2d(args.dataset, min(args.steps * args.batch_size, 200_000), args.seed)
+    train = ki.datasets.toy2d(args.dataset, min(args.steps * args.batch_size, MAX_TRAIN_POINTS),
+                              args.seed)
     test = ki.datasets.toy2d(args.dataset, args.test_size, args.seed + 1)
     dataset = (tf.data.Dataset.from_tensor_slices(train).shuffle(len(train), seed=args.seed)
                .repeat().batch(args.batch_size, drop_remainder=True))
 
-    flow = ki.models.ContinuousFlow(
-        num_blocks=args.num_blocks, hidden_units=hidden, solver=args.solver, rtol=args.rtol,
-        atol=args.atol, num_steps=args.num_steps, trace=args.trace, noise=args.noise,
-        gradient=args.gradient, kinetic_energy_weight=args.kinetic_weight,
-        jacobian_frobenius_weight=args.jacobian_weight, seed=args.seed)
+    flow = _flow(args)
     flow.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
     start = time.perf_counter()
     history = flow.fit(dataset, epochs=1, steps_per_epoch=args.steps, shuffle=False,
@@ -103,7 +131,7 @@ def run(args):
     samples = tf.function(lambda: flow.sample(len(test), seed=args.seed), autograph=False)()
 
     _plot(out / "flow2d.png", args.dataset, test, samples.numpy(), log_prob, args.grid)
-    flow.save(out / "flow.keras")
+    flow.save(out / "flow.keras")  # atomic (ContinuousFlow.save goes through files.py)
     metrics = {
         "dataset": args.dataset, "steps": args.steps, "batch_size": args.batch_size,
         "trace": args.trace, "solver": args.solver, "rtol": args.rtol, "atol": args.atol,
@@ -113,7 +141,8 @@ def run(args):
         "nfe_backward": float(history.history["nfe_backward"][-1]),
         "train_seconds": train_seconds,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with files.atomic_write(out / "metrics.json") as handle:
+        handle.write(json.dumps(metrics, indent=2) + "\n")
     print(f"test NLL on {args.dataset}: {test_nll:.4f} nats "
           f"({metrics['test_bits_per_dim']:.4f} bits/dim); wrote {out}")
     return 0
@@ -149,5 +178,6 @@ def _plot(path, name, data, samples, log_prob, resolution):
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-    figure.savefig(path, dpi=100)
+    with files.atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=100)
     plt.close(figure)

@@ -20,35 +20,66 @@ import math
 import os
 import time
 
+from keras_implicit import files
+from keras_implicit.experiments import arguments
+
+
+RESULT_NAMES = ("reconstruction.png", "latent_traversal.png", "training.png", "metrics.json")
+
 
 def add_arguments(parser):
-    parser.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    parser.add_argument("--steps", type=arguments.positive_int, default=2000,
+                        help="training steps (default 2000)")
     parser.add_argument("--out", default="spiral_out", help="output directory")
-    parser.add_argument("--train-size", type=int, default=1000, help="training spirals")
-    parser.add_argument("--test-size", type=int, default=100, help="held-out spirals")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-points", type=int, default=100, help="time grid size")
-    parser.add_argument("--noise", type=float, default=0.1, help="observation noise std")
-    parser.add_argument("--latent-dim", type=int, default=4)
-    parser.add_argument("--hidden-units", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace earlier results of spiral in --out made with other "
+                             "settings")
+    parser.add_argument("--train-size", type=arguments.int_in_range(1, 1_000_000),
+                        default=1000, help="training spirals")
+    parser.add_argument("--test-size", type=arguments.int_in_range(1, 100_000), default=100,
+                        help="held-out spirals")
+    parser.add_argument("--batch-size", type=arguments.positive_int, default=64)
+    parser.add_argument("--num-points", type=arguments.int_in_range(2, 100_000), default=100,
+                        help="time grid size")
+    parser.add_argument("--noise", type=arguments.nonnegative_float, default=0.1,
+                        help="observation noise std")
+    parser.add_argument("--latent-dim", type=arguments.int_in_range(1, 10_000), default=4)
+    parser.add_argument("--hidden-units", type=arguments.int_in_range(1, 100_000), default=32)
     parser.add_argument("--encoder", choices=("gru", "ode_rnn"), default="gru")
     parser.add_argument("--solver", default="dopri5")
     parser.add_argument("--gradient", choices=("adjoint", "backprop"), default="backprop")
-    parser.add_argument("--learning-rate", type=float, default=1e-2)
-    parser.add_argument("--observation-std", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=arguments.positive_float, default=1e-2)
+    parser.add_argument("--observation-std", type=arguments.positive_float, default=0.1)
+    parser.add_argument("--seed", type=arguments.seed, default=0)
 
 
-def _check_args(args):
-    for name in ("steps", "train_size", "test_size", "batch_size", "latent_dim",
-                 "hidden_units", "num_points"):
-        if getattr(args, name) < 1:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"`{flag}` must be >= 1. Received: {flag}={getattr(args, name)}")
-    for name in ("learning_rate", "observation_std"):
-        if not getattr(args, name) > 0:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"`{flag}` must be > 0. Received: {flag}={getattr(args, name)}")
+def _model(args):
+    import keras_implicit as ki
+
+    return ki.models.LatentODE(
+        obs_dim=2, latent_dim=args.latent_dim, hidden_units=args.hidden_units,
+        encoder=args.encoder, solver=args.solver, gradient=args.gradient,
+        observation_std=args.observation_std, seed=args.seed)
+
+
+def validate(args):
+    """Checks every argument and ``--out`` without creating anything.
+
+    Raises:
+        arguments.UsageError: with a one-line message.
+    """
+    from keras_implicit.experiments import run_directory
+
+    arguments.check_solver("--solver", args.solver)
+    try:
+        _model(args)  # the library's own checks of the combination (e.g. bdf + backprop)
+    except (ValueError, TypeError) as error:
+        raise arguments.UsageError(str(error)) from None
+    arguments.check_output_directory(args.out)
+    settings = {key: value for key, value in sorted(vars(args).items())
+                if not key.startswith("_") and key not in ("out", "overwrite")}
+    args.run_directory = run_directory.RunDirectory(args.out, "spiral", settings, RESULT_NAMES)
+    args.run_directory.check(args.overwrite)
 
 
 def last_velocity_extrapolation(observations, times, mask, query_times):
@@ -81,25 +112,22 @@ def _rmse(a, b):
 
 
 def run(args):
-    _check_args(args)
+    """Trains and writes the results; call ``validate`` first."""
     import keras
     import numpy as np
     import tensorflow as tf
 
     import keras_implicit as ki
 
+    args.run_directory.prepare(args.overwrite)
     keras.utils.set_random_seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
     keys = ("observations", "times", "mask")
     train = ki.datasets.spirals(args.train_size, args.num_points, args.noise, seed=args.seed)
     test = ki.datasets.spirals(args.test_size, args.num_points, args.noise, seed=args.seed + 1)
     x_train = {k: train[k] for k in keys}
     x_test = {k: test[k] for k in keys}
 
-    model = ki.models.LatentODE(
-        obs_dim=2, latent_dim=args.latent_dim, hidden_units=args.hidden_units,
-        encoder=args.encoder, solver=args.solver, gradient=args.gradient,
-        observation_std=args.observation_std, seed=args.seed)
+    model = _model(args)
     model.compile(keras.optimizers.Adam(args.learning_rate))
     elbo_before = model.evaluate(x_test, batch_size=args.test_size, verbose=0, return_dict=True)
 
@@ -127,7 +155,7 @@ def run(args):
     truth = test["trajectories"]
     window = max(1, min(50, args.steps // 2))
     metrics = {
-        "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "settings": args.run_directory.settings,
         "training_seconds": seconds,
         "train": {
             "loss_first": float(np.mean(history["loss"][:window])),
@@ -146,16 +174,22 @@ def run(args):
                                 truth[:, split]),
         },
     }
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    with files.atomic_write(os.path.join(args.out, "metrics.json")) as handle:
+        json.dump(metrics, handle, indent=2)
 
     samples = np.asarray(model.sample_trajectories(x_test, grid, num_samples=3))
     _plot_reconstructions(args.out, test, predicted, samples, baseline)
     _plot_traversal(args.out, model, grid, tf)
     _plot_training(args.out, history)
-    print(json.dumps({k: metrics[k] for k in ("test_negative_elbo", "interpolation_rmse",
-                                             "extrapolation_rmse")}, indent=2))
+    shown = ("test_negative_elbo", "interpolation_rmse", "extrapolation_rmse")
+    print(json.dumps({k: metrics[k] for k in shown}, indent=2))
     return 0
+
+
+def _save(figure, path):
+    with files.atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=100)
+    _figure().close(figure)
 
 
 def _figure():
@@ -202,8 +236,7 @@ def _plot_reconstructions(out, test, predicted, samples, baseline, count=6):
         ax.set_aspect("equal", adjustable="box")
     axes.flat[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "reconstruction.png"), dpi=100)
-    plt.close(fig)
+    _save(fig, os.path.join(out, "reconstruction.png"))
 
 
 def _plot_traversal(out, model, grid, tf, values=(-2.0, -1.0, 0.0, 1.0, 2.0)):
@@ -234,8 +267,7 @@ def _plot_traversal(out, model, grid, tf, values=(-2.0, -1.0, 0.0, 1.0, 2.0)):
                 ax.set_title(f"{value:+.1f}", fontsize=9)
     fig.colorbar(points, ax=axes, label="time", shrink=0.6)
     fig.suptitle("latent traversal: vary one dimension of z_t0 (others 0), decode")
-    fig.savefig(os.path.join(out, "latent_traversal.png"), dpi=100)
-    plt.close(fig)
+    _save(fig, os.path.join(out, "latent_traversal.png"))
 
 
 def _plot_training(out, history):
@@ -249,5 +281,4 @@ def _plot_training(out, history):
         if name != "kl" and min(history[name]) > 0:
             ax.set_yscale("log")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "training.png"), dpi=100)
-    plt.close(fig)
+    _save(fig, os.path.join(out, "training.png"))

@@ -287,6 +287,12 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         return list(self._trackers.values())
 
     # ----------------------------------------------------------------- saving
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """``keras.Model.save`` through a temporary file: a failed save keeps the old file."""
+        from keras_implicit import files
+
+        return files.save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+
     def export_saved_model(self, filepath):
         """Writes an inference SavedModel (``tf.saved_model.load`` reads it back).
 
@@ -321,7 +327,11 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
                                  tf.TensorSpec((2,), tf.int32, name="seed")]))
         # Custom gradients (the adjoint) would be traced and stored for every solve.
         options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-        archive.write_out(filepath, options=options, verbose=False)
+        # Into a temporary directory, then swapped in: a failed export keeps the old one.
+        from keras_implicit import files
+
+        with files.atomic_directory(filepath) as temporary:
+            archive.write_out(temporary, options=options, verbose=False)
 
     def get_config(self):
         options = {k: v for k, v in self.flow_options.items() if k != "regularizers"}

@@ -341,6 +341,12 @@ class LatentODE(keras.Model):
         return super().export(filepath, format=format, verbose=verbose,
                               input_signature=input_signature, **kwargs)
 
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """``keras.Model.save`` through a temporary file: a failed save keeps the old file."""
+        from keras_implicit import files
+
+        return files.save_model(self, filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+
     def get_config(self):
         config = {
             **super().get_config(),

@@ -1,0 +1,63 @@
+"""run.json and the lock: the same settings may continue, others are refused unless
+--overwrite, which deletes only the command's own files."""
+
+import json
+import os
+
+import pytest
+
+from keras_implicit.experiments import run_directory
+from keras_implicit.experiments.arguments import UsageError
+
+NAMES = ("metrics.json", "figure.png", "checkpoints")
+
+
+def prepared(out, settings, overwrite=False):
+    directory = run_directory.RunDirectory(out, "demo", settings, NAMES)
+    directory.check(overwrite)
+    directory.prepare(overwrite)
+    return directory
+
+
+def test_same_settings_continue_other_settings_are_refused(tmp_path):
+    out = tmp_path / "out"
+    first = prepared(out, {"lr": 0.1, "seed": 0})
+    (out / "metrics.json").write_text("{}")
+    (out / "checkpoints").mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    first.release()
+    record = json.loads((out / "run.json").read_text())
+    assert record["settings_hash"] == run_directory.settings_hash({"seed": 0, "lr": 0.1})
+
+    again = prepared(out, {"seed": 0, "lr": 0.1})  # key order does not matter
+    assert again.earlier == "same" and (out / "metrics.json").exists()
+    with pytest.raises(UsageError, match="in use by another keras-implicit run"):
+        run_directory.RunDirectory(out, "demo", {"seed": 0, "lr": 0.1}, NAMES).check(False)
+    again.release()
+
+    other = run_directory.RunDirectory(out, "demo", {"lr": 0.2, "seed": 0, "new": 1}, NAMES)
+    with pytest.raises(UsageError) as error:
+        other.check(overwrite=False)
+    assert str(error.value) == (
+        f"--out {str(out)!r} holds results of other settings (lr: 0.1 there, 0.2 here; "
+        "new: '<unset>' there, 1 here). Pass --overwrite to discard them, or choose another "
+        "--out.")
+    with pytest.raises(UsageError, match="holds results of keras-implicit 'demo'"):
+        run_directory.RunDirectory(out, "other", {"lr": 0.1, "seed": 0}, NAMES).check(False)
+
+    replaced = prepared(out, {"lr": 0.2, "seed": 0, "new": 1}, overwrite=True)
+    replaced.release()
+    assert sorted(os.listdir(out)) == [".lock", "notes.txt", "run.json"]
+    assert json.loads((out / "run.json").read_text())["settings"]["lr"] == 0.2
+
+
+def test_check_creates_nothing_and_prepare_needs_it(tmp_path):
+    out = tmp_path / "a" / "b"
+    directory = run_directory.RunDirectory(out, "demo", {}, NAMES)
+    with pytest.raises(RuntimeError, match="Call check"):
+        directory.prepare(False)
+    directory.check(False)
+    assert directory.earlier == "none" and not (tmp_path / "a").exists()
+    directory.prepare(False)
+    directory.release()
+    assert sorted(os.listdir(out)) == [".lock", "run.json"]
