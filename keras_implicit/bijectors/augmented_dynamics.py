@@ -137,11 +137,12 @@ def integrate_flow(dynamics_fn, z, t_start, t_end, *, trace="hutchinson", noise=
 
 
 def augmented_fn(dynamics_fn, trace, augmented, kinetic, frobenius):
-    """The right-hand side ``fn(t, state, params)`` of the augmented ODE, as a ``tf.function``.
+    """The right-hand side ``fn(t, state, params)`` of the augmented ODE.
 
-    Solvers call the right-hand side once per stage; as a ``tf.function`` it
-    is traced once per solve signature and every stage (and every adjoint
-    evaluation) becomes one call, instead of a copy of the dynamics' graph.
+    A plain function: ``odeint``'s compile plan traces it once per solve (or
+    XLA compiles it). A ``tf.function`` of its own, traced with relaxed
+    shapes, made XLA treat every argument of a compiled solve as a
+    compile-time constant and compile it again at every training step.
     """
 
     def fn(t, y, p):
@@ -163,4 +164,4 @@ def augmented_fn(dynamics_fn, trace, augmented, kinetic, frobenius):
             derivatives["jacobian_frobenius"] = out[2]
         return derivatives
 
-    return tf.function(fn, autograph=False, reduce_retracing=True)
+    return fn

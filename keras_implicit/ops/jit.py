@@ -173,6 +173,8 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
     if not solver.differentiable:
         return ODEPlan("none", _trace_once, None, None, f"TFP's {solver.name!r}")
     result = probe(lambda t_, y_, p_: fn(t_, y_, p_), t, list(y0), list(params))
+    if result.reason == UNINITIALIZED:  # the trace that follows decides
+        return ODEPlan("none", _trace_once, None, None, result.reason)
     if not result.ok:
         warn_fallback("The dynamics (jit_dynamics='auto')", result.reason)
         return ODEPlan("none", _trace_once, None, None, result.reason)

@@ -234,3 +234,15 @@ def test_bad_inputs_name_the_argument_and_value():
         flow.forward(tf.zeros((2, 3), tf.int32))
     with pytest.raises(TypeError, match="dtype='float64'"):
         ki.bijectors.FFJORD(Linear(A, dtype="float32")).forward(tf.zeros((2, 3), tf.float64))
+
+
+def test_the_augmented_right_hand_side_is_not_a_tf_function_of_its_own():
+    # Traced with relaxed shapes inside XLA's compiled solve, a tf.function of its own
+    # made every argument a compile-time constant: one XLA compilation per training step
+    # (ContinuousFlow.fit took ~2 s a step and crashed after some hundreds).
+    from keras_implicit.bijectors import augmented_dynamics
+
+    fn = augmented_dynamics.augmented_fn(lambda t, x: -x, "exact", True, False, False)
+    assert not isinstance(fn, tf.types.experimental.PolymorphicFunction)
+    out = fn(tf.constant(0.0), {"z": tf.ones((3, 2)), "log_det": tf.zeros(3)}, None)
+    np.testing.assert_allclose(out["log_det"].numpy(), [-2.0] * 3)
