@@ -302,9 +302,14 @@ def _solve_backward(problem, adjoint, result, params, variables, grad_states, gr
             if mask is not None:
                 frozen = mask(t)
                 f = [events_lib.batch_where(frozen, tf.zeros_like(v), v) for v in f]
-        vjps = tape.gradient(f, y + local_params + variables, output_gradients=a,
+        sources = y + local_params + variables
+        vjps = tape.gradient(f, sources, output_gradients=a,
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return [-f_i for f_i in f] + [tf.convert_to_tensor(v) for v in vjps]
+        # Some gradients lose the static shape (a tf.py_function's has none); the loop
+        # needs it back.
+        vjps = [tf.ensure_shape(tf.convert_to_tensor(v), x.shape) for v, x in zip(vjps, sources)]
+        f = [tf.ensure_shape(f_i, y_i.shape) for f_i, y_i in zip(f, y)]
+        return [-f_i for f_i in f] + vjps
 
     dynamics = augmented if problem.dynamics_wrapper is None else problem.dynamics_wrapper(
         augmented)

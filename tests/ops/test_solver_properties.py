@@ -77,6 +77,12 @@ def time_grids(draw, dtype):
     return times
 
 
+# tfp.math.ode.DormandPrince does not resolve below about 2.5e-8 in float64: y' = 1 over
+# [-0.964, 0.137] at rtol = atol = 1e-11 ends 2.45e-8 off after 1290 evaluations, and
+# tighter tolerances run into max_num_steps. Its tolerances are drawn above that floor.
+TFP_DOPRI5_FLOOR = 1e-7
+
+
 def closed_form(a, c, times, weights):
     elapsed = times - times[0]
     growth = np.exp(a * elapsed)
@@ -107,7 +113,8 @@ def test_adaptive_gradients_match_the_closed_form(solver, gradient):
     def check(dtype, a, c, data):
         eps = np.finfo(dtype).eps
         times = data.draw(time_grids(dtype))
-        tol = 10.0 ** data.draw(st.floats(math.log10(100 * eps), -2.0))
+        tightest = max(100 * eps, TFP_DOPRI5_FLOOR if solver == "tfp_dopri5" else 0.0)
+        tol = 10.0 ** data.draw(st.floats(math.log10(tightest), -2.0))
         weights = np.array(data.draw(st.lists(st.floats(-1.0, 1.0), min_size=len(times),
                                               max_size=len(times))))
         grad_a, grad_c, result = gradients(solver, gradient, a, c, times, weights, dtype, tol)
