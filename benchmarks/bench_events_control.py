@@ -27,7 +27,8 @@ def falling_solve(event, horizon=3.0):
     import keras_implicit as ki
 
     heights = tf.constant(np.linspace(1.0, 20.0, EVENT_BATCH), tf.float64)
-    y0 = tf.stack([heights, tf.zeros_like(heights)], axis=1)
+    # A variable, not a constant: a solve of constants alone could be folded away.
+    y0 = tf.Variable(tf.stack([heights, tf.zeros_like(heights)], axis=1))
     offset = {"ground": 0.0, "never": 1e6}.get(event)
 
     def falling(t, y):
@@ -37,7 +38,8 @@ def falling_solve(event, horizon=3.0):
 
     @tf.function
     def solve():
-        result = ki.ops.odeint(falling, y0, [0.0, horizon], rtol=1e-8, atol=1e-8,
+        result = ki.ops.odeint(falling, tf.convert_to_tensor(y0), [0.0, horizon], rtol=1e-8,
+                               atol=1e-8,
                                event_fn=event_fn)
         return result.states, result.stats.forward_nfe
 
@@ -85,12 +87,12 @@ def van_der_pol_solve(controller):
         return tf.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
 
     control = ki.solvers.PIDController(pcoeff=0.2, icoeff=0.7) if controller == "pi" else None
-    y0 = tf.constant([2.0, 0.0], tf.float64)
+    y0 = tf.Variable([2.0, 0.0], dtype=tf.float64)  # not a constant: see falling_solve
 
     @tf.function
     def solve():
-        result = ki.ops.odeint(fn, y0, [0.0, 20.0], rtol=1e-6, atol=1e-6, step_control=control,
-                               max_num_steps=100_000)
+        result = ki.ops.odeint(fn, tf.convert_to_tensor(y0), [0.0, 20.0], rtol=1e-6,
+                               atol=1e-6, step_control=control, max_num_steps=100_000)
         return result.states, result.stats.forward_nfe, result.stats.rejected_steps
 
     solve()

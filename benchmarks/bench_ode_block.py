@@ -90,9 +90,10 @@ def make_raw_tfp_step(layer):
 
 class ODEBlockTrainStep:
     """Forward + backward of the ODE block (what one training step costs), with the
-    dynamics run by TensorFlow's graph executor or compiled by XLA (jit_dynamics)."""
+    dynamics as the default "auto" plan runs them, in TensorFlow's graph (False) or
+    compiled by XLA (True)."""
 
-    params = ([8] if QUICK else [64, 128], ["adjoint", "backprop"], [False, True], DTYPES)
+    params = ([8] if QUICK else [64, 128], ["adjoint", "backprop"], ["auto", False, True], DTYPES)
     param_names = ["batch", "gradient", "jit_dynamics", "dtype"]
     timeout = 300
 

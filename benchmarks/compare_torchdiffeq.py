@@ -8,7 +8,8 @@ squares), writes its weights and input to a temporary .npz, and runs the
 torchdiffeq side in the given interpreter (a scratch venv with torch and
 torchdiffeq; neither is a dependency of keras_implicit) on the same weights
 and input, so NFE counts are directly comparable. Prints one table: median
-time of a forward + backward step (ours also with ``jit_dynamics=True``),
+time of a forward + backward step (ours with the defaults, ``jit_dynamics="auto"``,
+first, then with ``False`` and ``True``),
 forward and backward NFE, and the ratio to torchdiffeq with the same gradient
 mode. Not run by asv or pytest.
 """
@@ -42,7 +43,8 @@ def run_tensorflow(batch, repeats, npz_path):
     x = block.make_input(batch)
     weights = {w.path: w.numpy() for w in layer.dynamics.weights}
     np.savez(npz_path, x=x, **{k.replace("/", "__"): v for k, v in weights.items()})
-    variants = [(jit, gradient) for jit in (False, True) for gradient in ("adjoint", "backprop")]
+    variants = [(jit, gradient) for jit in ("auto", False, True)
+                for gradient in ("adjoint", "backprop")]
     for jit_dynamics, gradient in variants:
         layer = block.make_block(gradient, jit_dynamics=jit_dynamics)
         step = block.make_train_step(layer)
@@ -52,7 +54,8 @@ def run_tensorflow(batch, repeats, npz_path):
         seconds = _median_time(lambda: step(x), repeats)
         stats = {k: int(v) for k, v in layer.solver_stats().items()}
         out = layer(x).numpy()
-        rows.append({"impl": "ki jit_dynamics" if jit_dynamics else "keras_implicit",
+        label = {"auto": "ki defaults", False: "ki jit False", True: "ki jit True"}[jit_dynamics]
+        rows.append({"impl": label,
                      "gradient": gradient, "batch": batch, "seconds": seconds,
                      "first_call_seconds": first_call, "nfe_forward": stats["nfe_forward"],
                      "nfe_backward": stats["nfe_backward"] if gradient == "adjoint" else 0,
