@@ -188,29 +188,28 @@ class TFPSolver(base.ODESolver):
         return base.SolveResult(states, stats, None, None)
 
 
-def _masked_dynamics(fn, t, y):
-    """``fn(t, y)`` and the failure clock's rate; 0 (and 1) where not finite."""
-    f = [tf.convert_to_tensor(v) for v in fn(t, list(y))]
+def _mask(f, y):
+    """``(f and the failure clock's rate, 0 and 1 where not finite; ok)``."""
     ok = state_ops.all_finite(f) & state_ops.all_finite(y)
     out = [tf.where(ok, v, tf.zeros_like(v)) for v in f]
-    return out + [tf.where(ok, tf.zeros([], y[0].dtype), tf.ones([], y[0].dtype))]
+    return out + [tf.where(ok, tf.zeros([], y[0].dtype), tf.ones([], y[0].dtype))], ok
+
+
+def _masked_dynamics(fn, t, y):
+    """``fn(t, y)`` and the failure clock's rate; 0 (and 1) where not finite."""
+    return _mask([tf.convert_to_tensor(v) for v in fn(t, list(y))], y)[0]
 
 
 def _guarded_dynamics(fn, t, y):
-    """``fn(t, y)`` and the failure clock's rate; 0 (and 1) where not finite.
-
-    The vector-Jacobian product is guarded the same way, so BDF's Newton
-    iterations see a finite (zero) Jacobian where the dynamics fail.
-    """
+    """``_masked_dynamics`` whose vector-Jacobian product is guarded the same way, so
+    BDF's Newton iterations see a finite (zero) Jacobian where the dynamics fail."""
 
     @tf.custom_gradient
     def guarded(*y):
         with tf.GradientTape() as tape:
             tape.watch(y)
             f = [tf.convert_to_tensor(v) for v in fn(t, list(y))]
-        ok = state_ops.all_finite(f) & state_ops.all_finite(y)
-        out = [tf.where(ok, v, tf.zeros_like(v)) for v in f]
-        clock_rate = tf.where(ok, tf.zeros([], y[0].dtype), tf.ones([], y[0].dtype))
+        out, ok = _mask(f, y)
 
         def grad(*upstream, variables=None):
             # TFP differentiates the dynamics only for BDF's Jacobian, with respect to
@@ -222,7 +221,7 @@ def _guarded_dynamics(fn, t, y):
                 return vjps, [tf.zeros(v.shape, v.dtype) for v in variables]
             return vjps
 
-        return out + [clock_rate], grad
+        return out, grad
 
     return guarded(*y)
 
