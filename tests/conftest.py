@@ -10,13 +10,16 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
-# Property-based tests: "ci" (default, 6 examples) keeps each property to a few seconds; "long" is the
-# thorough run: HYPOTHESIS_PROFILE=long pytest tests/ops/test_solver_properties.py -n 0
+# Property-based tests: "ci" (default, 6 examples) keeps each property to a few seconds;
+# "thorough" (200 examples) takes minutes per property; "long" (2,000) is the full run:
+# HYPOTHESIS_PROFILE=long pytest tests/ops/test_solver_properties.py -n 2
 # No deadline: the first example of a property traces TensorFlow functions.
 # "ci" does not shrink a failure: each shrinking step re-traces TensorFlow functions,
 # which took CI over 20 minutes on one example; the unshrunk example is reported.
 settings.register_profile("ci", max_examples=6, deadline=None, derandomize=True,
                           phases=(Phase.explicit, Phase.reuse, Phase.generate),
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=200, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
