@@ -147,3 +147,28 @@ def check_output_directory(out, flag="--out"):
     if any(len(part.encode(errors="surrogateescape")) > name_max for part in missing):
         raise UsageError(f"{flag} has a name longer than the filesystem allows ({name_max} "
                          f"bytes). Received: {flag}={out!r}")
+
+
+#: Arguments that do not change a run's results (a rerun with other values continues it).
+NOT_SETTINGS = ("out", "overwrite", "verbose")
+
+
+def check_run(args, command, build, result_names):
+    """The end of a command's ``validate``: the library's own checks of the argument
+    combination (``build(args)``, e.g. bdf with backprop), ``--out``, and a rerun's
+    settings against the ones recorded there (every argument but ``NOT_SETTINGS``).
+
+    Sets ``args.run_directory``. Raises :class:`UsageError`; creates nothing.
+    """
+    from keras_implicit.experiments import run_directory
+
+    try:
+        build(args)
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    check_output_directory(args.out)
+    settings = {key: list(value) if isinstance(value, tuple) else value
+                for key, value in sorted(vars(args).items())
+                if not key.startswith("_") and key not in NOT_SETTINGS}
+    args.run_directory = run_directory.RunDirectory(args.out, command, settings, result_names)
+    args.run_directory.check(args.overwrite)

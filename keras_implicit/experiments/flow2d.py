@@ -84,19 +84,8 @@ def validate(args):
     Raises:
         arguments.UsageError: with a one-line message.
     """
-    from keras_implicit.experiments import run_directory
-
     arguments.check_solver("--solver", args.solver, args.num_steps)
-    try:
-        _flow(args)  # the library's own checks of the combination (e.g. bdf + backprop)
-    except (ValueError, TypeError) as error:
-        raise arguments.UsageError(str(error)) from None
-    arguments.check_output_directory(args.out)
-    settings = {key: value for key, value in sorted(vars(args).items())
-                if not key.startswith("_") and key not in ("out", "overwrite", "verbose")}
-    settings["hidden"] = list(settings["hidden"])
-    args.run_directory = run_directory.RunDirectory(args.out, "flow", settings, RESULT_NAMES)
-    args.run_directory.check(args.overwrite)
+    arguments.check_run(args, "flow", _flow, RESULT_NAMES)
 
 
 def run(args):

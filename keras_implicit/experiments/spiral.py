@@ -68,18 +68,8 @@ def validate(args):
     Raises:
         arguments.UsageError: with a one-line message.
     """
-    from keras_implicit.experiments import run_directory
-
     arguments.check_solver("--solver", args.solver)
-    try:
-        _model(args)  # the library's own checks of the combination (e.g. bdf + backprop)
-    except (ValueError, TypeError) as error:
-        raise arguments.UsageError(str(error)) from None
-    arguments.check_output_directory(args.out)
-    settings = {key: value for key, value in sorted(vars(args).items())
-                if not key.startswith("_") and key not in ("out", "overwrite")}
-    args.run_directory = run_directory.RunDirectory(args.out, "spiral", settings, RESULT_NAMES)
-    args.run_directory.check(args.overwrite)
+    arguments.check_run(args, "spiral", _model, RESULT_NAMES)
 
 
 def last_velocity_extrapolation(observations, times, mask, query_times):
