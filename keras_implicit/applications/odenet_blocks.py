@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_implicit.layers.group_norm import group_norm
 from keras_implicit.layers.time_dynamics import ConcatConv2D
 
 
@@ -88,9 +89,11 @@ class ODEBlockDynamics(keras.layers.Layer):
             layer.build(input_shape)
 
     def call(self, inputs, t=None):
-        out = keras.ops.relu(self.norm1(inputs))
-        out = keras.ops.relu(self.norm2(self.conv1(out, t=t)))
-        return self.norm3(self.conv2(out, t=t))
+        # The norms (with their ReLUs) compiled by XLA, the convolutions left to
+        # TensorFlow's kernels (keras_implicit.layers.group_norm).
+        out = group_norm(self.norm1, inputs, relu=True, compiled=True)
+        out = group_norm(self.norm2, self.conv1(out, t=t), relu=True, compiled=True)
+        return group_norm(self.norm3, self.conv2(out, t=t), compiled=True)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -148,8 +151,8 @@ class ResidualBlock(keras.layers.Layer):
             layer.build(input_shape)
 
     def call(self, inputs):
-        out = self.conv1(keras.ops.relu(self.norm1(inputs)))
-        out = self.conv2(keras.ops.relu(self.norm2(out)))
+        out = self.conv1(group_norm(self.norm1, inputs, relu=True, compiled=True))
+        out = self.conv2(group_norm(self.norm2, out, relu=True, compiled=True))
         return inputs + out
 
     def compute_output_shape(self, input_shape):

@@ -16,11 +16,24 @@ import re
 import warnings
 
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
 
 from keras_implicit import validation
 from keras_implicit.solvers import state as state_ops
 
 JIT_CHOICES = ("auto", True, False)
+
+
+def inside_xla():
+    """Whether the code being traced now will be compiled by XLA: inside a
+    ``tf.function(jit_compile=True)`` (Keras' ``jit_compile=True`` too) or a
+    function ``plan_ode``/``plan_fixed_point`` compiles. A function that compiles
+    a part of itself then runs that part plainly: XLA compiles it with the rest, and
+    a compiled function nested in the adjoint's compiled dynamics crashed
+    TensorFlow 2.21 (a segmentation fault, or a hang)."""
+    if state_ops.in_xla():
+        return True
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def check_jit(name, value):
@@ -81,6 +94,32 @@ def probe(fn, *args):
     except Exception as error:  # XLA's refusals come as several exception types
         return Probe(False, _reason(error), None)
     return Probe(True, None, hlo)
+
+
+def compiles_parts(fn, *args):
+    """Whether ``fn(*args)``, traced outside XLA, calls functions compiled with
+    ``jit_compile=True`` itself (e.g. ``layers.group_norm(..., compiled=True)``).
+    Inside XLA such parts are traced plainly (``inside_xla``), so the probe's
+    lowering cannot tell; this traces ``fn`` once more, uncompiled."""
+    try:
+        specs = [_static_spec(x) for x in tf.nest.flatten(args)]
+    except ValueError:
+        return False
+
+    def flat(*leaves):
+        return fn(*tf.nest.pack_sequence_as(args, list(leaves)))
+
+    graph = tf.function(flat, autograph=False).get_concrete_function(*specs).graph
+    return _calls_compiled(graph.as_graph_def())
+
+
+def _calls_compiled(graph_def):
+    """Whether a traced graph calls a function marked for XLA (``jit_compile=True``)."""
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    return any(node.attr["_XlaMustCompile"].b for node in nodes
+               if node.op in ("PartitionedCall", "StatefulPartitionedCall"))
 
 
 def _initialized(variable):
@@ -151,12 +190,21 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
 
     - eager calls, TFP's solvers, and dynamics XLA refuses (one warning naming
       the ops): ``"none"``;
-    - dynamics with convolutions (found in the HLO): ``"dynamics"``. XLA's
-      CPU convolutions make a whole compiled solve slow; compiling the
-      dynamics fuses GroupNorm, concatenations and activations around them.
-      On the MNIST ODE block (batch 64) a training step took 225 ms this way
-      against 252 ms with the trial step compiled whole and 295 ms
-      uncompiled (adjoint), and 275 / 348 / 341 ms (backprop);
+    - dynamics with convolutions (found in the HLO) that compile parts of
+      themselves with XLA (``layers.group_norm(..., compiled=True)``, as the
+      ODE-Net's blocks do): ``"none"``. Their author has compiled what XLA
+      runs well and left the convolutions to TensorFlow's oneDNN kernels,
+      whose gradients are about 3x faster than XLA's on CPU. On the MNIST ODE
+      block (batch 64) a training step took 114 ms this way against 126 ms
+      with the dynamics compiled whole (adjoint), and 146 against 161 ms
+      (backprop);
+    - other dynamics with convolutions: ``"dynamics"``. XLA's CPU
+      convolutions make a whole compiled solve slow; compiling the dynamics
+      fuses GroupNorm, concatenations and activations around them. On the
+      MNIST ODE block with Keras' GroupNormalization (batch 64) a training
+      step took 225 ms this way against 252 ms with the trial step compiled
+      whole and 295 ms uncompiled (adjoint), and 275 / 348 / 341 ms
+      (backprop);
     - other dynamics (dense layers, small states) under ``Adjoint``:
       ``"solve"``, the forward solve and each backward interval as one XLA
       program each; with dense output (its arrays grow dynamically), output
@@ -179,6 +227,9 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
         warn_fallback("The dynamics (jit_dynamics='auto')", result.reason)
         return ODEPlan("none", _trace_once, None, None, result.reason)
     if "convolution(" in result.hlo:
+        if compiles_parts(lambda t_, y_, p_: fn(t_, y_, p_), t, list(y0), list(params)):
+            return ODEPlan("none", _trace_once, None, None,
+                           "convolutions, and the dynamics compiles its other parts itself")
         return ODEPlan("dynamics", _jit, None, None, "convolutions")
     if getattr(gradient, "name", None) == "adjoint" and not dense and static_times:
         return ODEPlan("solve", None, None, _jit, "no convolutions")

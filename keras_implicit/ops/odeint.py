@@ -63,9 +63,11 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
             the solve XLA compiles (``ki.ops.jit.plan_ode`` states the rule).
             ``"auto"`` decides when the call is traced (``tf.function``,
             ``fit``; eager calls run uncompiled): convolutional dynamics are
-            compiled alone (the solver loop stays in TensorFlow's graph),
-            other dynamics under the adjoint get the whole solve compiled,
-            and dynamics XLA cannot compile fall back with one warning.
+            compiled alone (the solver loop stays in TensorFlow's graph), or
+            not at all if they compile their other parts themselves (the
+            ODE-Net's blocks), other dynamics under the adjoint get the whole
+            solve compiled, and dynamics XLA cannot compile fall back with
+            one warning.
             ``True`` compiles the dynamics (and the adjoint's vector-Jacobian
             product) and fails loudly; ``False`` compiles nothing.
             ``stats.compiled`` says which path ran. A compilation costs about
@@ -116,17 +118,27 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
     static_sign = not tf.is_tensor(direction)
     sign = direction if static_sign else tf.cast(direction, solve_dtype)
 
-    def flat_fn(s, y, p):
-        t = s if static_sign and sign == 1 else sign * s
-        f = checked_fn(t, [tf.cast(v, dtype) for v in y], p)
-        f = [tf.cast(v, solve_dtype) for v in f]
-        return f if static_sign and sign == 1 else [tf.cast(sign, v.dtype) * v for v in f]
+    def oriented(sign):
+        forward = not tf.is_tensor(sign) and sign == 1
+
+        def flat_fn(s, y, p):
+            t = s if forward else sign * s
+            f = checked_fn(t, [tf.cast(v, dtype) for v in y], p)
+            f = [tf.cast(v, solve_dtype) for v in f]
+            return f if forward else [tf.cast(sign, v.dtype) * v for v in f]
+
+        return flat_fn
+
+    flat_fn = oriented(sign)
 
     def flat_event_fn(s, y):
         return event_fn(sign * s, tf.nest.pack_sequence_as(y0, [tf.cast(v, dtype) for v in y]))
 
     solve_y0 = [tf.cast(y, solve_dtype) for y in flat_y0]
-    plan = jit_lib.plan_ode(options.jit_dynamics, options.solver, options.gradient, flat_fn,
+    # The probe lowers the dynamics outside this graph: a direction known only at run
+    # time (a tensor of it) cannot be captured there, and does not change what compiles.
+    plan = jit_lib.plan_ode(options.jit_dynamics, options.solver, options.gradient,
+                            flat_fn if static_sign else oriented(1.0),
                             tf.zeros([], solve_dtype), solve_y0, flat_params, dense=dense,
                             static_times=times.shape[0] is not None)
     problem = ODEProblem(

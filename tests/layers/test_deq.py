@@ -220,33 +220,3 @@ def test_conv_cell_in_a_deq():
     np.testing.assert_allclose(deq.cell(z, x).numpy(), z.numpy(), atol=1e-3)
     config = deq.cell.get_config()
     assert DEQConvCell.from_config(config).get_config() == config
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64", "mixed_float16"])
-def test_conv_cell_group_norm_is_keras_group_normalization(dtype):
-    """The cell's faster GroupNorm computes what keras.layers.GroupNormalization does,
-    values and gradients (input, gamma, beta)."""
-    from keras_implicit.layers.deq_cells import group_norm
-
-    norm = keras.layers.GroupNormalization(4, dtype=dtype)
-    norm.build((None, 5, 5, 8))
-    rng = np.random.default_rng(0)
-    norm.gamma.assign(rng.uniform(0.5, 1.5, 8))
-    norm.beta.assign(rng.normal(size=8))
-    compute = "float16" if dtype == "mixed_float16" else dtype
-    x = tf.constant(3.0 * rng.normal(size=(3, 5, 5, 8)) + 1.0, compute)
-    g = tf.constant(rng.normal(size=(3, 5, 5, 8)), compute)
-
-    def value_and_grads(fn):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = fn(x)
-        return [y] + tape.gradient(y, [x, norm.gamma, norm.beta], output_gradients=g)
-
-    expected = value_and_grads(norm)
-    ours = value_and_grads(lambda v: group_norm(norm, v))
-    assert ours[0].dtype == expected[0].dtype
-    tolerance = {"float32": 1e-5, "float64": 1e-12, "mixed_float16": 2e-2}[dtype]
-    for a, b in zip(ours, expected):
-        a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
-        np.testing.assert_allclose(a, b, rtol=0, atol=tolerance * max(1.0, np.abs(b).max()))

@@ -1,0 +1,51 @@
+"""layers.group_norm: keras.layers.GroupNormalization's function, in the graph and compiled."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_implicit.layers.group_norm import group_norm
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "mixed_float16", "mixed_bfloat16"])
+def test_group_norm_is_keras_group_normalization(dtype, relu, compiled):
+    """Values and gradients (input, gamma, beta) of GroupNormalization (then ReLU)."""
+    norm = keras.layers.GroupNormalization(4, dtype=dtype)
+    norm.build((None, 5, 5, 8))
+    rng = np.random.default_rng(0)
+    norm.gamma.assign(rng.uniform(0.5, 1.5, 8))
+    norm.beta.assign(rng.normal(size=8))
+    compute = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}.get(dtype, dtype)
+    x = tf.constant(3.0 * rng.normal(size=(3, 5, 5, 8)) + 1.0, compute)
+    g = tf.constant(rng.normal(size=(3, 5, 5, 8)), compute)
+
+    def value_and_grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return [y] + tape.gradient(y, [x, norm.gamma, norm.beta], output_gradients=g)
+
+    def keras_norm(v):
+        return tf.nn.relu(norm(v)) if relu else norm(v)
+
+    expected = value_and_grads(keras_norm)
+    ours = value_and_grads(lambda v: group_norm(norm, v, relu=relu, compiled=compiled))
+    assert ours[0].dtype == expected[0].dtype
+    tolerance = {"float32": 1e-5, "float64": 1e-12, "mixed_float16": 2e-2,
+                 "mixed_bfloat16": 5e-2}[dtype]
+    for a, b in zip(ours, expected):
+        a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
+        np.testing.assert_allclose(a, b, rtol=0, atol=tolerance * max(1.0, np.abs(b).max()))
+
+
+def test_group_norm_without_scale_or_center_and_another_axis():
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(2, 3, 3, 4)))
+    plain = keras.layers.GroupNormalization(2, scale=False, center=False, dtype="float64")
+    np.testing.assert_allclose(group_norm(plain, x, compiled=True), plain(x), atol=1e-12)
+    # Channels first: the layer itself is called.
+    first = keras.layers.GroupNormalization(3, axis=1, dtype="float64")
+    np.testing.assert_allclose(group_norm(first, x, relu=True), tf.nn.relu(first(x)), atol=0)
