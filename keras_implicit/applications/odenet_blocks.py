@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_implicit.layers.group_norm import group_norm
+from keras_implicit.layers.normalization import group_norm
 from keras_implicit.layers.time_dynamics import ConcatConv2D
 
 

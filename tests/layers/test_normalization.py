@@ -1,11 +1,11 @@
-"""layers.group_norm: keras.layers.GroupNormalization's function, in the graph and compiled."""
+"""ki.layers.group_norm: keras.layers.GroupNormalization's function, plain and compiled."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_implicit.layers.group_norm import group_norm
+from keras_implicit.layers import group_norm
 
 
 @pytest.mark.parametrize("compiled", [False, True])

@@ -33,6 +33,9 @@ def group_norm(norm, x, relu=False, compiled=False):
         relu: apply ``max(0, .)`` to the result (fused when compiled).
         compiled: compute it as one XLA function (see the module docstring);
             inside a function XLA compiles anyway, it is traced plainly into it.
+
+    Example (a dynamics layer's ``call``, the layers built in ``build``):
+        >>> out = ki.layers.group_norm(self.norm, self.conv(x), relu=True, compiled=True)
     """
     if norm.axis not in (-1, len(x.shape) - 1):
         out = norm(x)
