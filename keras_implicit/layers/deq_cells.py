@@ -161,4 +161,3 @@ class DEQConvCell(keras.layers.Layer):
             "groups": self.groups,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         }
-
