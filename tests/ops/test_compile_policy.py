@@ -61,18 +61,19 @@ def test_every_path_gives_the_same_states_and_gradients(solver, gradient, kwargs
 
 
 @pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
-def test_convolutions_with_compiled_norms_give_the_same_numbers_on_every_path(gradient):
+def test_convolutions_with_compiled_norms_give_the_same_numbers_compiled_whole(gradient):
     layer = block_dynamics()
     y0 = tf.constant(np.random.RandomState(2).randn(2, 3, 3, 4))
     # This block amplifies differences strongly: at rtol = 1e-9 (2234 evaluations) the
     # 1e-16 by which XLA's and oneDNN's convolutions differ grow to 1e-7 in the states
     # and 1e-3 in backprop's gradients; at 1e-6 (110 evaluations) to 1e-10.
+    # "auto" runs this block as False does (test_auto_reports_the_path_it_chose); True
+    # compiles it whole, its compiled norms traced plainly inside (a compiled function
+    # nested in the adjoint's compiled dynamics crashed TensorFlow).
     reference, _ = solve_and_grad(layer, y0, False, tolerance=1e-6, gradient=gradient)
-    for jit in ("auto", True):
-        values, _ = solve_and_grad(layer, y0, jit, tolerance=1e-6, gradient=gradient)
-        for a, b in zip(reference, values):
-            np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-9 * np.abs(a).max(),
-                                       err_msg=str(jit))
+    values, _ = solve_and_grad(layer, y0, True, tolerance=1e-6, gradient=gradient)
+    for a, b in zip(reference, values):
+        np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-9 * np.abs(a).max())
 
 
 def test_times_passed_in_give_the_numbers_of_constant_times():
