@@ -27,8 +27,8 @@ def group_norm(norm, x, relu=False, compiled=False):
     """``norm(x)`` (then ``relu`` if asked) for a channels-last ``GroupNormalization``.
 
     Args:
-        norm: a built ``keras.layers.GroupNormalization``; another axis than
-            the last falls back to calling the layer.
+        norm: a ``keras.layers.GroupNormalization`` (built on ``x`` if it is
+            not yet); another axis than the last falls back to calling the layer.
         x: its input, channels last.
         relu: apply ``max(0, .)`` to the result (fused when compiled).
         compiled: compute it as one XLA function (see the module docstring);
@@ -37,6 +37,12 @@ def group_norm(norm, x, relu=False, compiled=False):
     Example (a dynamics layer's ``call``, the layers built in ``build``):
         >>> out = ki.layers.group_norm(self.norm, self.conv(x), relu=True, compiled=True)
     """
+    if not isinstance(norm, keras.layers.GroupNormalization):
+        raise TypeError(f"`norm` must be a keras.layers.GroupNormalization. "
+                        f"Received: norm={norm!r}")
+    x = tf.convert_to_tensor(x)
+    if not norm.built:
+        norm.build(x.shape)
     if norm.axis not in (-1, len(x.shape) - 1):
         out = norm(x)
         return keras.ops.relu(out) if relu else out

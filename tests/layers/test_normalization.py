@@ -49,3 +49,11 @@ def test_group_norm_without_scale_or_center_and_another_axis():
     # Channels first: the layer itself is called.
     first = keras.layers.GroupNormalization(3, axis=1, dtype="float64")
     np.testing.assert_allclose(group_norm(first, x, relu=True), tf.nn.relu(first(x)), atol=0)
+
+
+def test_group_norm_builds_the_layer_and_refuses_other_layers():
+    x = tf.ones((2, 3, 3, 4))
+    norm = keras.layers.GroupNormalization(2)
+    np.testing.assert_allclose(group_norm(norm, x, compiled=True), norm(x), atol=1e-6)
+    with pytest.raises(TypeError, match="norm=<Dense"):
+        group_norm(keras.layers.Dense(4), x)
