@@ -64,6 +64,18 @@ def _static_spec(x):
     return tf.TensorSpec(shape, x.dtype)
 
 
+def _flat_traceable(fn, args):
+    """``(flat, specs)``: ``fn`` taking the flat leaves of ``args`` (the compiler-IR API
+    takes flat TensorSpecs only), and their static specs (unknown dimensions as 1).
+    Raises ``ValueError`` for an input of unknown rank."""
+    specs = [_static_spec(x) for x in tf.nest.flatten(args)]
+
+    def flat(*leaves):
+        return fn(*tf.nest.pack_sequence_as(args, list(leaves)))
+
+    return flat, specs
+
+
 def probe(fn, *args):
     """Lowers ``fn(*args)`` to HLO without running it; returns a :class:`Probe`.
 
@@ -71,13 +83,9 @@ def probe(fn, *args):
     nested; unknown dimensions are probed as 1.
     """
     try:
-        specs = [_static_spec(x) for x in tf.nest.flatten(args)]
+        flat, specs = _flat_traceable(fn, args)
     except ValueError:
         return Probe(False, "the input rank is unknown", None)
-
-    def flat(*leaves):  # the compiler-IR API takes flat TensorSpecs only
-        return fn(*tf.nest.pack_sequence_as(args, list(leaves)))
-
     compiled = tf.function(flat, jit_compile=True, autograph=False)
     try:
         # Variables created in a tf.function's first trace are initialized only after it
@@ -102,13 +110,9 @@ def compiles_parts(fn, *args):
     Inside XLA such parts are traced plainly (``inside_xla``), so the probe's
     lowering cannot tell; this traces ``fn`` once more, uncompiled."""
     try:
-        specs = [_static_spec(x) for x in tf.nest.flatten(args)]
+        flat, specs = _flat_traceable(fn, args)
     except ValueError:
         return False
-
-    def flat(*leaves):
-        return fn(*tf.nest.pack_sequence_as(args, list(leaves)))
-
     graph = tf.function(flat, autograph=False).get_concrete_function(*specs).graph
     return _calls_compiled(graph.as_graph_def())
 
@@ -220,14 +224,14 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
         return ODEPlan("none", _trace_once, None, None, "eager call: nothing to amortize")
     if not solver.differentiable:
         return ODEPlan("none", _trace_once, None, None, f"TFP's {solver.name!r}")
-    result = probe(lambda t_, y_, p_: fn(t_, y_, p_), t, list(y0), list(params))
+    result = probe(fn, t, list(y0), list(params))
     if result.reason == UNINITIALIZED:  # the trace that follows decides
         return ODEPlan("none", _trace_once, None, None, result.reason)
     if not result.ok:
         warn_fallback("The dynamics (jit_dynamics='auto')", result.reason)
         return ODEPlan("none", _trace_once, None, None, result.reason)
     if "convolution(" in result.hlo:
-        if compiles_parts(lambda t_, y_, p_: fn(t_, y_, p_), t, list(y0), list(params)):
+        if compiles_parts(fn, t, list(y0), list(params)):
             return ODEPlan("none", _trace_once, None, None,
                            "convolutions, and the dynamics compiles its other parts itself")
         return ODEPlan("dynamics", _jit, None, None, "convolutions")
