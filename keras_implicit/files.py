@@ -69,7 +69,7 @@ def _default_mode(requested):
 def atomic_path(path):
     """Yields a temporary path beside ``path``; renames it to ``path`` if the block succeeds.
 
-    The temporary name is ``.<name>.tmp-XXXXXXXX<suffix>`` in ``path``'s
+    The temporary name is ``.<name>.tmp-<random><suffix>`` in ``path``'s
     directory, with ``path``'s suffix (``.keras``, ``.png``...). The block
     writes a file there; on success it is renamed over ``path`` in one
     ``os.replace`` (atomic on POSIX and Windows), so readers see either the
@@ -135,11 +135,11 @@ def atomic_write(path, mode="w", **open_kwargs):
 def atomic_directory(path):
     """Yields a temporary directory beside ``path``; swaps it in if the block succeeds.
 
-    The block fills the temporary directory ``.<name>.tmp-XXXXXXXX`` (e.g.
+    The block fills the temporary directory ``.<name>.tmp-<random>`` (e.g.
     exports a SavedModel into it). On success, since a directory cannot be
     renamed over a non-empty one:
 
-    1. an existing ``path`` is renamed aside to ``.<name>.old-XXXXXXXX``;
+    1. an existing ``path`` is renamed aside to ``.<name>.old-<random>``;
     2. the new directory is renamed to ``path``;
     3. the old one is deleted.
 
