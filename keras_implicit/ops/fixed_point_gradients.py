@@ -21,7 +21,7 @@ from keras_implicit import validation
 from keras_implicit.ops import failure
 from keras_implicit.ops.stats import FixedPointStats
 from keras_implicit.solvers import fixed_point_base
-from keras_implicit.solvers.registry import Registry
+from keras_implicit.solvers.registry import Configured, Registry
 from keras_implicit.solvers.status import Status
 from tensorflow.python.eager import record
 
@@ -91,7 +91,7 @@ def report(stats, solver_name, phase, tol, on_failure, outputs):
          stats.rel_residual, f"; tol: {tol:g}"], outputs)
 
 
-class FixedPointGradient:
+class FixedPointGradient(Configured):
     """Base class of the gradient strategies of ``fixed_point``.
 
     Subclasses implement ``solve(problem) -> (z_rows, FixedPointStats)`` and
@@ -102,23 +102,6 @@ class FixedPointGradient:
 
     def solve(self, problem):
         raise NotImplementedError
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, repr(self.get_config())))
-
-    def __repr__(self):
-        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({options})"
 
 
 FIXED_POINT_GRADIENTS = Registry("fixed-point gradient strategy", FixedPointGradient, "gradient")

@@ -23,7 +23,7 @@ import collections
 import tensorflow as tf
 
 from keras_implicit.ops.stats import ODEStats
-from keras_implicit.solvers.registry import Registry
+from keras_implicit.solvers.registry import Configured, Registry
 
 
 class ODEProblem(collections.namedtuple("ODEProblem", [
@@ -92,7 +92,7 @@ class ODEProblem(collections.namedtuple("ODEProblem", [
             lambda y0: run(y0, tf.constant(static_times, times.dtype)))(list(y0))
 
 
-class ODEGradient:
+class ODEGradient(Configured):
     """Base class of the gradient strategies of ``odeint``.
 
     Subclasses implement ``integrate(problem) -> (SolveResult, ODEStats)``
@@ -106,23 +106,6 @@ class ODEGradient:
 
     def integrate(self, problem):
         raise NotImplementedError
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, repr(self.get_config())))
-
-    def __repr__(self):
-        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({options})"
 
 
 ODE_GRADIENTS = Registry("ODE gradient strategy", ODEGradient, "gradient")

@@ -16,7 +16,7 @@ import collections
 import tensorflow as tf
 
 from keras_implicit import validation
-from keras_implicit.solvers.registry import Registry
+from keras_implicit.solvers.registry import Configured, Registry
 from keras_implicit.solvers.status import Status
 
 
@@ -83,7 +83,7 @@ class SolverOptions(
         return cls(rtol, atol, num_steps, max_num_steps, step_control)
 
 
-class ODESolver:
+class ODESolver(Configured):
     """Base class of the ODE solvers.
 
     Subclasses set the class attributes and implement ``integrate``; to make
@@ -157,24 +157,6 @@ class ODESolver:
         ``num_steps``.
         """
         return num_steps
-
-    def get_config(self):
-        """The constructor arguments, for ``from_config`` (Keras serialization)."""
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, repr(self.get_config())))
-
-    def __repr__(self):
-        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({options})"
 
 
 ODE_SOLVERS = Registry("ODE solver", ODESolver, "solver")

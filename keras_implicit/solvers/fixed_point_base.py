@@ -24,7 +24,7 @@ from keras_implicit import validation
 from keras_implicit.solvers import fixed_point_loop
 from keras_implicit.solvers.fixed_point_loop import (  # noqa: F401  (the public helpers)
     FixedPointSolveStats, batch_where, residuals, row_norms, worst_of)
-from keras_implicit.solvers.registry import Registry
+from keras_implicit.solvers.registry import Configured, Registry
 
 STOP_MODES = ("rel", "abs")
 
@@ -40,7 +40,7 @@ def check_solve_arguments(tol, max_iter, stop_mode, prefix=""):
     return tol, max_iter, stop_mode
 
 
-class FixedPointSolver:
+class FixedPointSolver(Configured):
     """Base class of the fixed-point solvers (``"picard"``, ``"anderson"``, ``"broyden"``).
 
     Subclasses set ``name`` and keep their options as attributes. They either
@@ -94,23 +94,6 @@ class FixedPointSolver:
         return fixed_point_loop.iterate(fn, z0, self, tol=tol, max_iter=max_iter,
                                         stop_mode=stop_mode, step_wrapper=step_wrapper,
                                         iteration_wrapper=iteration_wrapper)
-
-    def get_config(self):
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
-
-    def __repr__(self):
-        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({options})"
 
 
 FIXED_POINT_SOLVERS = Registry("fixed-point solver", FixedPointSolver, "solver")

@@ -17,6 +17,34 @@ Keras through the listener that ``keras_implicit.serialization`` installs.
 """
 
 
+class Configured:
+    """A pluggable object defined by its constructor arguments (``get_config``).
+
+    The base of every kind a :class:`Registry` holds: ``from_config`` rebuilds it,
+    two objects of the same class with equal configs are equal (and hash alike),
+    and ``repr`` shows the config as constructor arguments.
+    """
+
+    def get_config(self):
+        """The constructor arguments, for ``from_config`` (Keras serialization)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        # Sorted by key: equal configs hash alike whatever the order of their keys.
+        return hash((type(self).__name__, repr(sorted(self.get_config().items()))))
+
+    def __repr__(self):
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({options})"
+
+
 class Registry:
     """Named factories of one kind of object.
 

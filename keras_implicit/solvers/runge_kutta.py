@@ -12,6 +12,7 @@ import fractions
 import math
 
 from keras_implicit import validation
+from keras_implicit.solvers.registry import Configured
 
 _TOL = 1e-12
 
@@ -69,7 +70,7 @@ def satisfied_order(a, b, c, theta=1.0, max_order=5):
     return order
 
 
-class ButcherTableau:
+class ButcherTableau(Configured):
     """An explicit Runge–Kutta method, validated on construction.
 
     Args:
@@ -168,16 +169,6 @@ class ButcherTableau:
         return {"name": self.name, "c": list(self.c), "a": [list(row) for row in self.a],
                 "b": list(self.b), "order": self.order, "b_error": self.b_error,
                 "error_order": self.error_order, "b_mid": self.b_mid, "mid_order": self.mid_order}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return isinstance(other, ButcherTableau) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash(repr(self.get_config()))
 
     def __repr__(self):
         return f"ButcherTableau({self.name!r}, stages={self.num_stages}, order={self.order})"

@@ -29,10 +29,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_implicit import validation
-from keras_implicit.solvers.registry import Registry
+from keras_implicit.solvers.registry import Configured, Registry
 
 
-class StepController:
+class StepController(Configured):
     """Base class of step-size controllers.
 
     Args:
@@ -114,20 +114,6 @@ class StepController:
                 "max_factor": self.max_factor, "min_step": self.min_step,
                 "max_step": self.max_step,
                 "jump_times": None if self.jump_times is None else list(self.jump_times)}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash((type(self).__name__, repr(self.get_config())))
-
-    def __repr__(self):
-        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({options})"
 
 
 STEP_CONTROLLERS = Registry("step-size controller", StepController, "step_control")
