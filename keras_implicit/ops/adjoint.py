@@ -32,10 +32,10 @@ import tensorflow as tf
 
 from keras_implicit import validation
 from keras_implicit.ops import failure
+from keras_implicit.ops import ode_gradients
 from keras_implicit.ops.ode_gradients import ODE_GRADIENTS, ODEGradient
 from keras_implicit.ops.stats import ODEStats
 from keras_implicit.solvers import base as solver_base
-from keras_implicit.solvers import dense as dense_lib
 from keras_implicit.solvers import events as events_lib
 from keras_implicit.solvers import state as state_ops
 from keras_implicit.solvers.status import Status
@@ -112,11 +112,7 @@ def _solve_with_adjoint(problem, adjoint):
         result = problem.solve(problem.dynamics(ps), y0=ys)
         stats = ODEStats.from_solve(result.stats, compiled=problem.compiled)
         box.update(result=result, stats=stats)
-        outputs = list(result.states)
-        if result.events is not None:
-            outputs += [result.events.times] + list(result.events.states)
-        if result.dense is not None:
-            outputs += list(result.dense.coefficients)
+        outputs = ode_gradients.differentiable_outputs(result)
 
         def grad_fn(*upstream, variables=None):
             variables = list(variables or [])
@@ -128,21 +124,7 @@ def _solve_with_adjoint(problem, adjoint):
         return outputs, grad_fn
 
     outputs = forward(*problem.y0, *problem.params)
-    result = box["result"]
-    states = outputs[:num_y]
-    rest = outputs[num_y:]
-    events = result.events
-    if events is not None:
-        events = events._replace(times=rest[0], states=rest[1:1 + num_y],
-                                 fired=tf.stop_gradient(events.fired),
-                                 slopes=[tf.stop_gradient(s) for s in events.slopes])
-        rest = rest[1 + num_y:]
-    dense = result.dense
-    if dense is not None:
-        dense = dense_lib.DenseSolution(tf.stop_gradient(dense.starts),
-                                        tf.stop_gradient(dense.sizes), rest[:num_y],
-                                        tf.stop_gradient(dense.end))
-    return result._replace(states=states, events=events, dense=dense), box["stats"]
+    return ode_gradients.with_differentiable_outputs(box["result"], outputs), box["stats"]
 
 
 def _cotangent_scale(a):

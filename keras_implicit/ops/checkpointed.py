@@ -30,9 +30,9 @@ import math
 import tensorflow as tf
 
 from keras_implicit import validation
+from keras_implicit.ops import ode_gradients
 from keras_implicit.ops.ode_gradients import ODE_GRADIENTS, ODEGradient, require_differentiable
 from keras_implicit.ops.stats import ODEStats
-from keras_implicit.solvers import dense as dense_lib
 
 
 @ODE_GRADIENTS.register("checkpointed")
@@ -90,15 +90,6 @@ def _replace_differentiable(loop, core, values):
     return {**core, **tf.nest.pack_sequence_as({k: core[k] for k in keys}, leaves)}
 
 
-def _outputs(result):
-    outputs = list(result.states)
-    if result.events is not None:
-        outputs += [result.events.times] + list(result.events.states)
-    if result.dense is not None:
-        outputs += list(result.dense.coefficients)
-    return outputs
-
-
 def _solve_checkpointed(problem, checkpoints):
     num_y, num_p = len(problem.y0), len(problem.params)
     box = {}
@@ -119,23 +110,10 @@ def _solve_checkpointed(problem, checkpoints):
                               checkpoints, result)
             return (grads[: num_y + num_p], grads[num_y + num_p:]) if variables else grads
 
-        return _outputs(result), grad_fn
+        return ode_gradients.differentiable_outputs(result), grad_fn
 
     outputs = forward(*problem.y0, *problem.params)
-    result = box["result"]
-    states, rest = outputs[:num_y], outputs[num_y:]
-    events = result.events
-    if events is not None:
-        events = events._replace(times=rest[0], states=rest[1:1 + num_y],
-                                 fired=tf.stop_gradient(events.fired),
-                                 slopes=[tf.stop_gradient(s) for s in events.slopes])
-        rest = rest[1 + num_y:]
-    dense = result.dense
-    if dense is not None:
-        dense = dense_lib.DenseSolution(tf.stop_gradient(dense.starts),
-                                        tf.stop_gradient(dense.sizes), rest[:num_y],
-                                        tf.stop_gradient(dense.end))
-    return result._replace(states=states, events=events, dense=dense), box["stats"]
+    return ode_gradients.with_differentiable_outputs(box["result"], outputs), box["stats"]
 
 
 def _iterations(state):

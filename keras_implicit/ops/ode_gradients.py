@@ -23,6 +23,7 @@ import collections
 import tensorflow as tf
 
 from keras_implicit.ops.stats import ODEStats
+from keras_implicit.solvers import dense as dense_lib
 from keras_implicit.solvers.registry import Configured, Registry
 
 
@@ -90,6 +91,37 @@ class ODEProblem(collections.namedtuple("ODEProblem", [
         # 0.113 ms with the times passed in.
         return self.solve_wrapper(
             lambda y0: run(y0, tf.constant(static_times, times.dtype)))(list(y0))
+
+
+def differentiable_outputs(result):
+    """The tensors of a ``SolveResult`` a custom gradient differentiates, as a flat list:
+    the states, then the event times and states, then the dense coefficients."""
+    outputs = list(result.states)
+    if result.events is not None:
+        outputs += [result.events.times] + list(result.events.states)
+    if result.dense is not None:
+        outputs += list(result.dense.coefficients)
+    return outputs
+
+
+def with_differentiable_outputs(result, outputs):
+    """``result`` with its differentiable tensors taken from ``outputs`` (the custom
+    gradient's outputs, in ``differentiable_outputs``' order); the rest of the event and
+    dense records carries no gradient."""
+    num_y = len(result.states)
+    states, rest = list(outputs[:num_y]), list(outputs[num_y:])
+    events = result.events
+    if events is not None:
+        events = events._replace(times=rest[0], states=rest[1:1 + num_y],
+                                 fired=tf.stop_gradient(events.fired),
+                                 slopes=[tf.stop_gradient(s) for s in events.slopes])
+        rest = rest[1 + num_y:]
+    dense = result.dense
+    if dense is not None:
+        dense = dense_lib.DenseSolution(tf.stop_gradient(dense.starts),
+                                        tf.stop_gradient(dense.sizes), rest[:num_y],
+                                        tf.stop_gradient(dense.end))
+    return result._replace(states=states, events=events, dense=dense)
 
 
 class ODEGradient(Configured):
