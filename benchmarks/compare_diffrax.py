@@ -94,18 +94,6 @@ for line in sys.stdin:
 '''
 
 
-def _check_interpreter(flag, python, modules):
-    """Exits with one line unless ``python`` runs and imports ``modules``."""
-    try:
-        result = subprocess.run([python, "-c", f"import {modules}"], capture_output=True,
-                                text=True)
-    except OSError as error:
-        sys.exit(f"{flag}={python!r}: cannot run it ({error.strerror})")
-    if result.returncode:
-        last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-        sys.exit(f"{flag}={python!r}: cannot import {modules} ({last})")
-
-
 def _start_jax_side(python, tmp, npz, inner):
     """The JAX process (compiled and warm once its first line is read) and its stderr file."""
     script = os.path.join(tmp, "jax_side.py")
@@ -191,7 +179,10 @@ def main(argv=None):
     if args.repeats < 1 or args.inner < 1:
         sys.exit(f"--repeats and --inner must be >= 1. Received: --repeats={args.repeats}, "
                  f"--inner={args.inner}")
-    _check_interpreter("--jax-python", args.jax_python, "jax, diffrax")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import peers
+
+    peers.check_interpreter("--jax-python", args.jax_python, "jax, diffrax")
     import numpy as np
     import tensorflow as tf
 

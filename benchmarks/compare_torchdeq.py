@@ -243,19 +243,6 @@ class _TorchSide:
         self.stderr.close()
 
 
-def _check_interpreter(flag, python, modules):
-    """Exits with one line unless ``python`` runs and imports ``modules`` (checked before
-    the TensorFlow side spends minutes)."""
-    try:
-        result = subprocess.run([python, "-c", f"import {modules}"], capture_output=True,
-                                text=True)
-    except OSError as error:
-        sys.exit(f"{flag}={python!r}: cannot run it ({error.strerror})")
-    if result.returncode:
-        last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-        sys.exit(f"{flag}={python!r}: cannot import {modules} ({last})")
-
-
 def compare(case, batch, args, tmp):
     """The rows of one case and batch: each variant of ours, then torchdeq."""
     import numpy as np
@@ -330,7 +317,10 @@ def main(argv=None):
                  f"Received: --cases={args.cases}, --repeats={args.repeats}, "
                  f"--inner={args.inner}")
     batches = [int(b) for b in args.batches.split(",")]
-    _check_interpreter("--torch-python", args.torch_python, "torch, torchdeq")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import peers
+
+    peers.check_interpreter("--torch-python", args.torch_python, "torch, torchdeq")
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)

@@ -159,19 +159,6 @@ def run_torch(python, npz_path, repeats, threads):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _check_interpreter(flag, python, modules):
-    """Exits with one line unless ``python`` runs and imports ``modules`` (checked before
-    the TensorFlow side spends minutes)."""
-    try:
-        result = subprocess.run([python, "-c", f"import {modules}"], capture_output=True,
-                                text=True)
-    except OSError as error:
-        sys.exit(f"{flag}={python!r}: cannot run it ({error.strerror})")
-    if result.returncode:
-        last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-        sys.exit(f"{flag}={python!r}: cannot import {modules} ({last})")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-python", required=True,
@@ -180,7 +167,10 @@ def main(argv=None):
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)
-    _check_interpreter("--torch-python", args.torch_python, "torch, torchdiffeq")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import peers
+
+    peers.check_interpreter("--torch-python", args.torch_python, "torch, torchdiffeq")
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
