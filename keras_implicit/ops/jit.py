@@ -211,10 +211,15 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
       (backprop);
     - other dynamics (dense layers, small states) under ``Adjoint``:
       ``"solve"``, the forward solve and each backward interval as one XLA
-      program each; with dense output (its arrays grow dynamically), output
+      program each; with dense output (its arrays grow dynamically) or output
       times of unknown number (XLA sizes the outputs statically: LatentODE's
-      union of a batch's times), ``Backprop`` or ``Checkpointed`` (TensorFlow
-      cannot carry a tape's accumulators out of a compiled loop): ``"step"``.
+      union of a batch's times): ``"step"``;
+    - other dynamics under ``Backprop`` or ``Checkpointed``: ``"none"``. A tape
+      cannot leave a compiled loop, and a tape through compiled trial steps
+      cost more than it saved: a training step of a small dense dynamics
+      (ConcatDense 64, batch 32) took 2.7-3.0 ms with each trial step compiled
+      against 1.3 ms uncompiled (backprop) and 3.8-4.5 against 2.7-3.3 ms
+      (checkpointed); at 256 units and batch 256, 16 against 15 ms (backprop).
     """
     if jit_dynamics is False:
         return ODEPlan("none", _trace_once, None, None, None)
@@ -235,10 +240,13 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
             return ODEPlan("none", _trace_once, None, None,
                            "convolutions, and the dynamics compiles its other parts itself")
         return ODEPlan("dynamics", _jit, None, None, "convolutions")
-    if getattr(gradient, "name", None) == "adjoint" and not dense and static_times:
+    if getattr(gradient, "name", None) != "adjoint":
+        return ODEPlan("none", _trace_once, None, None,
+                       "a tape through compiled trial steps costs more than it saves")
+    if not dense and static_times:
         return ODEPlan("solve", None, None, _jit, "no convolutions")
     return ODEPlan("step", None, _jit, None,
-                   "no convolutions, but a tape through a compiled loop cannot leave XLA")
+                   "no convolutions; dense output or output times of unknown number")
 
 
 class FixedPointPlan(collections.namedtuple(
