@@ -94,6 +94,16 @@ def one_of(name, value, choices):
     return value
 
 
+def known_name(kind, name, value, names):
+    """``value`` if it is one of ``names``; else a ``ValueError`` that lists them:
+    ``Unknown {kind}. Valid names: [...]. Received: {name}=...`` (the words of every
+    registry of named things)."""
+    if not isinstance(value, str) or value not in names:
+        raise ValueError(f"Unknown {kind}. Valid names: {list(names)}. "
+                         f"Received: {name}={value!r}")
+    return value
+
+
 def optional(check, name, value, *args, **kwargs):
     """``None`` or ``check(name, value, ...)``."""
     return None if value is None else check(name, value, *args, **kwargs)

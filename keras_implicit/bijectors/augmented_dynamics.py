@@ -20,6 +20,7 @@ import collections
 
 import tensorflow as tf
 
+from keras_implicit import validation
 from keras_implicit.ops import trace as trace_lib
 from keras_implicit.ops.odeint import odeint
 
@@ -49,11 +50,7 @@ class FlowSolution(
 
 
 def check_trace_method(trace):
-    if not isinstance(trace, str) or trace not in TRACE_METHODS:
-        raise ValueError(
-            f"Unknown trace estimator. Valid names: {list(TRACE_METHODS)}. "
-            f"Received: trace={trace!r}")
-    return trace
+    return validation.known_name("trace estimator", "trace", trace, TRACE_METHODS)
 
 
 def check_regularizers(regularizers):

@@ -7,6 +7,8 @@ sampler drawing exactly ``n`` points from one seeded generator.
 
 import numpy as np
 
+from keras_implicit import validation
+
 EIGHT_GAUSSIANS_SCALE = 4.0 / 1.414  # centre radius of "8gaussians"
 EIGHT_GAUSSIANS_STD = 0.5 / 1.414  # per-coordinate standard deviation of each component
 
@@ -114,9 +116,7 @@ def toy2d(name, n, seed=None):
         >>> x.shape
         (1000, 2)
     """
-    if not isinstance(name, str) or name not in _GENERATORS:
-        raise ValueError(
-            f"Unknown toy density. Valid names: {list(NAMES)}. Received: name={name!r}")
+    validation.known_name("toy density", "name", name, NAMES)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"`n` must be an int >= 1. Received: n={n!r}")
     rng = np.random.default_rng(seed)

@@ -17,16 +17,14 @@ squared Frobenius norm ``||df/dz||_F^2``, evaluating ``fn`` once:
 import numpy as np
 import tensorflow as tf
 
+from keras_implicit import validation
+
 NOISE_KINDS = ("rademacher", "gaussian")
 
 
 def check_noise_kind(kind, argument="noise"):
     """Returns ``kind`` if it is a known probe distribution, else raises ``ValueError``."""
-    if not isinstance(kind, str) or kind not in NOISE_KINDS:
-        raise ValueError(
-            f"Unknown probe distribution. Valid names: {list(NOISE_KINDS)}. "
-            f"Received: {argument}={kind!r}")
-    return kind
+    return validation.known_name("probe distribution", argument, kind, NOISE_KINDS)
 
 
 def stateless_seed(seed):

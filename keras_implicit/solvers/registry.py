@@ -16,6 +16,8 @@ This module is pure Python: registering a class here also registers it with
 Keras through the listener that ``keras_implicit.serialization`` installs.
 """
 
+from keras_implicit import validation
+
 
 class Configured:
     """A pluggable object defined by its constructor arguments (``get_config``).
@@ -147,9 +149,7 @@ class Registry:
                 f"`{argument}` must be a {self.kind} name, a config dict or a "
                 f"{self.base_class.__name__}. Received: {argument}={identifier!r} of type "
                 f"{type(identifier).__name__}")
-        if name not in self._factories:
-            raise ValueError(f"Unknown {self.kind}. Valid names: {self.names()}. "
-                             f"Received: {argument}={name!r}")
+        validation.known_name(self.kind, argument, name, self.names())
         try:
             return self._factories[name](**options)
         except TypeError as error:

@@ -184,10 +184,8 @@ def get_tableau(identifier, argument="tableau"):
     if isinstance(identifier, ButcherTableau):
         return identifier
     if isinstance(identifier, str):
-        if identifier not in TABLEAUX:
-            raise ValueError(f"Unknown Butcher tableau. Valid names: {sorted(TABLEAUX)}. "
-                             f"Received: {argument}={identifier!r}")
-        return TABLEAUX[identifier]
+        return TABLEAUX[validation.known_name("Butcher tableau", argument, identifier,
+                                              sorted(TABLEAUX))]
     if isinstance(identifier, dict):
         try:
             return ButcherTableau.from_config(identifier)

@@ -215,9 +215,11 @@ def test_variables_are_tracked_and_the_estimator_is_switchable():
 
 def test_bad_inputs_name_the_argument_and_value():
     dynamics = Linear(A, dtype="float64")
-    with pytest.raises(ValueError, match="trace='stochastic'"):
+    with pytest.raises(ValueError, match=r"Unknown trace estimator\. Valid names: \[.*'exact'.*"
+                                         r"Received: trace='stochastic'"):
         ki.bijectors.FFJORD(dynamics, trace="stochastic")
-    with pytest.raises(ValueError, match="noise='uniform'"):
+    with pytest.raises(ValueError, match=r"Valid names: \['rademacher', 'gaussian'\]\. "
+                                         r"Received: noise='uniform'"):
         ki.bijectors.FFJORD(dynamics, noise="uniform")
     with pytest.raises(ValueError, match="num_probes=0"):
         ki.bijectors.FFJORD(dynamics, num_probes=0)
