@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -95,27 +94,16 @@ for line in sys.stdin:
 
 
 def _start_jax_side(python, tmp, npz, inner):
-    """The JAX process (compiled and warm once its first line is read) and its stderr file."""
+    """The JAX process, compiled and warm once its ``info`` is read."""
+    import peers
+
     script = os.path.join(tmp, "jax_side.py")
     with open(script, "w") as handle:
         handle.write(JAX_SIDE)
-    stderr = open(os.path.join(tmp, "jax_stderr.txt"), "w+")
     settings = json.dumps([RTOL, ATOL, LOOP, CHAINED, MAX_STEPS])
-    return subprocess.Popen([python, script, npz, os.path.join(tmp, "jax_out.npz"), str(inner),
-                             settings], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=stderr, text=True), stderr
-
-
-def _read(proc, stderr, request=None):
-    """The JAX side's next JSON line (after sending ``request``); exits with its stderr."""
-    if request:
-        proc.stdin.write(request + "\n")
-        proc.stdin.flush()
-    for line in proc.stdout:
-        if line.startswith("{"):
-            return json.loads(line)
-    stderr.seek(0)
-    sys.exit(f"The JAX side failed:\n{stderr.read()[-3000:]}")
+    return peers.PeerProcess(
+        "JAX", [python, script, npz, os.path.join(tmp, "jax_out.npz"), str(inner), settings],
+        os.path.join(tmp, "jax_stderr.txt"))
 
 
 def tensorflow_side(npz_path):
@@ -193,8 +181,8 @@ def main(argv=None):
         start = time.perf_counter()
         results = {name: (once(x), loop(x)) for name, (once, loop) in variants.items()}
         first_calls = time.perf_counter() - start
-        proc, stderr = _start_jax_side(args.jax_python, tmp, npz, args.inner)
-        info = _read(proc, stderr)
+        jax_side = _start_jax_side(args.jax_python, tmp, npz, args.inner)
+        info = jax_side.info
         jax_out = dict(np.load(os.path.join(tmp, "jax_out.npz")))
         # Warm up again once all exist: building other functions slows a traced one's next call.
         for fn in [f for pair in variants.values() for f in pair] + list(chains.values()):
@@ -208,13 +196,11 @@ def main(argv=None):
                 samples[name]["loop"].append(_timed(lambda: loop(x)[0].numpy(), 1) / LOOP)
             for executor, chained in chains.items():
                 f_samples[executor].append(_timed(lambda: chained(x).numpy(), 1) / CHAINED)
-            jax_sample = _read(proc, stderr, "sample")
+            jax_sample = jax_side.read("sample")
             f_samples["jax"].append(jax_sample.pop("f"))
             for key, value in jax_sample.items():
                 samples["diffrax"][key].append(value)
-        proc.stdin.close()
-        proc.wait()
-        stderr.close()
+        jax_side.close()
     f_seconds = {executor: median(values) for executor, values in f_samples.items()}
     f_difference = float(np.abs(layer(x, t=0.5).numpy() - jax_out["f"]).max())
     outputs = {name: (y1.numpy(), y_loop.numpy(), int(nfe), int(loop_nfe) / LOOP)

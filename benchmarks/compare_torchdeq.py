@@ -50,7 +50,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -216,36 +215,10 @@ def run_torch(case, batch, npz_path, threads, inner, loss):
                           "iterations_backward": info_box.get("backward_nstep")}), flush=True)
 
 
-class _TorchSide:
-    """The torch process of one case and batch, kept up between samples."""
-
-    def __init__(self, python, case, batch, npz_path, args, tmp):
-        self.stderr = open(os.path.join(tmp, f"torch_{case}_{batch}.txt"), "w+")
-        self.proc = subprocess.Popen(
-            [python, os.path.abspath(__file__), "--threads", str(args.threads), "--inner",
-             str(args.inner), "--loss", args.loss, "--torch-side", case, str(batch), npz_path],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
-        self.info = self.read()
-
-    def read(self, request=None):
-        if request:
-            self.proc.stdin.write(request + "\n")
-            self.proc.stdin.flush()
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                return json.loads(line)
-        self.stderr.seek(0)
-        sys.exit(f"The torchdeq side failed:\n{self.stderr.read()[-3000:]}")
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait()
-        self.stderr.close()
-
-
 def compare(case, batch, args, tmp):
     """The rows of one case and batch: each variant of ours, then torchdeq."""
     import numpy as np
+    import peers
 
     npz_path = os.path.join(tmp, f"{case}_{batch}.npz")
     variants, x = tensorflow_side(case, batch, npz_path, args.loss)
@@ -254,7 +227,11 @@ def compare(case, batch, args, tmp):
         start = time.perf_counter()
         step(x).numpy()
         first_calls[label] = time.perf_counter() - start
-    torch_side = _TorchSide(args.torch_python, case, batch, npz_path, args, tmp)
+    torch_side = peers.PeerProcess(
+        "torchdeq", [args.torch_python, os.path.abspath(__file__), "--threads",
+                     str(args.threads), "--inner", str(args.inner), "--loss", args.loss,
+                     "--torch-side", case, str(batch), npz_path],
+        os.path.join(tmp, f"torch_{case}_{batch}.txt"))
     for _, _, step, _ in variants:  # warm again once all exist
         step(x).numpy()
     samples = {label: [] for label, *_ in variants + [("torchdeq",)]}

@@ -4,20 +4,24 @@
 
 The TensorFlow side builds the block (6x6x64 state, two time-concatenated
 3x3 convolutions with GroupNorm, dopri5 at rtol = atol = 1e-3, loss = mean of
-squares), writes its weights and input to a temporary .npz, and runs the
+squares), writes its weights and input to a temporary .npz, and starts the
 torchdiffeq side in the given interpreter (a scratch venv with torch and
 torchdiffeq; neither is a dependency of keras_implicit) on the same weights
-and input, so NFE counts are directly comparable. Prints one table: median
-time of a forward + backward step (ours with the defaults, ``jit_dynamics="auto"``,
-first, then with ``False`` and ``True``),
-forward and backward NFE, and the ratio to torchdiffeq with the same gradient
-mode. Not run by asv or pytest.
+and input, so NFE counts are directly comparable. The torch process stays up:
+each of the ``--repeats`` rounds (>= 5 for the protocol) times one forward +
+backward step of every variant of ours (the order reversed every other
+round), of raw ``tfp.math.ode`` and then of torchdiffeq (adjoint and
+backprop), so the samples of the two sides alternate and share the machine's
+state; ``--settle`` seconds of rest separate the sides. Prints one table: the median over the rounds (ours with the defaults,
+``jit_dynamics="auto"``, first, then with ``False`` and ``True``), the range
+of the samples, forward and backward NFE, and the ratio to torchdiffeq with
+the same gradient mode. Not run by asv or pytest; nothing is asserted.
 """
 
 import argparse
 import json
 import os
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -25,49 +29,32 @@ import time
 BATCHES = (64, 128)
 
 
-def _median_time(step, repeats):
-    from keras_implicit.experiments import measure
-
-    return measure.median_seconds(step, repeats)
-
-
-def run_tensorflow(batch, repeats, npz_path):
+def tensorflow_side(batch, npz_path):
+    """``[(label, gradient, step, layer)]`` (each step traced and run once), the input and
+    the first-call seconds of each label and gradient."""
     import numpy as np
-    import tensorflow as tf
 
     sys.path.insert(0, os.path.dirname(__file__))
     import bench_ode_block as block
 
-    rows = []
     layer = block.make_block("adjoint")
     x = block.make_input(batch)
     weights = {w.path: w.numpy() for w in layer.dynamics.weights}
     np.savez(npz_path, x=x, **{k.replace("/", "__"): v for k, v in weights.items()})
-    variants = [(jit, gradient) for jit in ("auto", False, True)
-                for gradient in ("adjoint", "backprop")]
-    for jit_dynamics, gradient in variants:
-        layer = block.make_block(gradient, jit_dynamics=jit_dynamics)
-        step = block.make_train_step(layer)
-        start = time.perf_counter()
-        step(x)
-        first_call = time.perf_counter() - start
-        seconds = _median_time(lambda: step(x), repeats)
-        stats = {k: int(v) for k, v in layer.solver_stats().items()}
-        out = layer(x).numpy()
+    variants, first_calls = [], {}
+    for jit_dynamics in ("auto", False, True):
         label = {"auto": "ki defaults", False: "ki jit False", True: "ki jit True"}[jit_dynamics]
-        rows.append({"impl": label,
-                     "gradient": gradient, "batch": batch, "seconds": seconds,
-                     "first_call_seconds": first_call, "nfe_forward": stats["nfe_forward"],
-                     "nfe_backward": stats["nfe_backward"] if gradient == "adjoint" else 0,
-                     "output_checksum": float(np.abs(out).sum())})
-    layer = block.make_block("adjoint")
-    raw = block.make_raw_tfp_step(layer)
+        for gradient in ("adjoint", "backprop"):
+            layer = block.make_block(gradient, jit_dynamics=jit_dynamics)
+            step = block.make_train_step(layer)
+            start = time.perf_counter()
+            step(x)[0].numpy()
+            first_calls[label, gradient] = time.perf_counter() - start
+            variants.append((label, gradient, step, layer))
+    raw = block.make_raw_tfp_step(block.make_block("adjoint"))
     raw(x)
-    seconds = _median_time(lambda: raw(x), repeats)
-    rows.append({"impl": "raw tfp.math.ode", "gradient": "adjoint (TFP)", "batch": batch,
-                 "seconds": seconds, "nfe_forward": int(raw(x)[2]), "nfe_backward": None})
-    del tf
-    return rows
+    variants.append(("raw tfp.math.ode", "adjoint (TFP)", raw, None))
+    return variants, x, first_calls
 
 
 TORCH_SIDE = r'''
@@ -76,9 +63,8 @@ import numpy as np
 import torch
 import torchdiffeq
 
-torch.set_num_threads(int(sys.argv[3]))
+torch.set_num_threads(int(sys.argv[2]))
 data = np.load(sys.argv[1])
-repeats = int(sys.argv[2])
 channels = data["x"].shape[-1]
 groups = 32 if channels == 64 else 8
 
@@ -121,11 +107,11 @@ prefix = [k for k in data.files if k.endswith("norm1__gamma")][0][: -len("norm1_
 func = ODEfunc(prefix)
 x = torch.tensor(data["x"].transpose(0, 3, 1, 2).copy())
 times = torch.tensor([0.0, 1.0])
-rows = []
+steps, info = {}, {"threads": torch.get_num_threads(), "torch": torch.__version__}
 for gradient in ("adjoint", "backprop"):
     solve = torchdiffeq.odeint_adjoint if gradient == "adjoint" else torchdiffeq.odeint
 
-    def step():
+    def step(solve=solve):
         func.zero_grad()
         func.nfe = 0
         out = solve(func, x, times, rtol=1e-3, atol=1e-3, method="dopri5")[-1]
@@ -135,59 +121,109 @@ for gradient in ("adjoint", "backprop"):
         return forward, func.nfe - forward, out
 
     for _ in range(2):
-        step()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
         forward, backward, out = step()
-        seconds.append(time.perf_counter() - start)
-    rows.append({"impl": "torchdiffeq", "gradient": gradient, "batch": int(x.shape[0]),
-                 "seconds": statistics.median(seconds), "nfe_forward": forward,
-                 "nfe_backward": backward if gradient == "adjoint" else 0,
-                 "output_checksum": float(out.detach().abs().sum())})
-print(json.dumps(rows))
+    steps[gradient] = step
+    info[gradient] = {"nfe_forward": forward,
+                      "nfe_backward": backward if gradient == "adjoint" else 0,
+                      "output_checksum": float(out.detach().abs().sum())}
+print(json.dumps(info), flush=True)
+for _ in sys.stdin:
+    sample = {}
+    for gradient, step in steps.items():
+        start = time.perf_counter()
+        step()
+        sample[gradient] = time.perf_counter() - start
+    print(json.dumps(sample), flush=True)
 '''
 
 
-def run_torch(python, npz_path, repeats, threads):
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
-        script.write(TORCH_SIDE)
-    result = subprocess.run([python, script.name, npz_path, str(repeats), str(threads)],
-                            capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"The torchdiffeq side failed ({python}):\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def compare(batch, args, tmp):
+    """The rows of one batch: each variant of ours, raw TFP, then torchdiffeq."""
+    import numpy as np
+    import peers
+
+    npz = os.path.join(tmp, f"block_{batch}.npz")
+    variants, x, first_calls = tensorflow_side(batch, npz)
+    script = os.path.join(tmp, "torch_side.py")
+    with open(script, "w") as handle:
+        handle.write(TORCH_SIDE)
+    torch_side = peers.PeerProcess(
+        "torchdiffeq", [args.torch_python, script, npz, str(args.torch_threads)],
+        os.path.join(tmp, f"torch_{batch}.txt"))
+    for _, _, step, _ in variants:  # warm again once all exist
+        step(x)[0].numpy()
+    samples = {(label, gradient): [] for label, gradient, _, _ in variants}
+    samples.update({("torchdiffeq", g): [] for g in ("adjoint", "backprop")})
+    for round_index in range(args.repeats):
+        order = variants if round_index % 2 == 0 else variants[::-1]
+        for label, gradient, step, _ in order:
+            start = time.perf_counter()
+            step(x)[0].numpy()
+            samples[label, gradient].append(time.perf_counter() - start)
+        time.sleep(args.settle)
+        for gradient, seconds in torch_side.read("sample").items():
+            samples["torchdiffeq", gradient].append(seconds)
+        time.sleep(args.settle)
+    torch_side.close()
+    rows = []
+    for label, gradient, step, layer in variants:
+        row = {"impl": label, "gradient": gradient, "batch": batch}
+        if layer is None:  # raw TFP: its step returns the forward NFE third
+            row.update(nfe_forward=int(step(x)[2]), nfe_backward=None)
+        else:
+            stats = {k: int(v) for k, v in layer.solver_stats().items()}
+            row.update(nfe_forward=stats["nfe_forward"],
+                       nfe_backward=stats["nfe_backward"] if gradient == "adjoint" else 0,
+                       first_call_seconds=first_calls[label, gradient],
+                       output_checksum=float(np.abs(layer(x).numpy()).sum()))
+        rows.append(row)
+    for gradient in ("adjoint", "backprop"):
+        rows.append({"impl": "torchdiffeq", "gradient": gradient, "batch": batch,
+                     **torch_side.info[gradient]})
+    for row in rows:
+        row["samples"] = samples[row["impl"], row["gradient"]]
+        row["seconds"] = statistics.median(row["samples"])
+    reference = {r["gradient"]: r["seconds"] for r in rows if r["impl"] == "torchdiffeq"}
+    for row in rows:
+        row["ratio_to_torchdiffeq"] = row["seconds"] / reference.get(row["gradient"],
+                                                                     reference["adjoint"])
+    return rows, torch_side.info
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-python", required=True,
                         help="interpreter of a venv with torch and torchdiffeq")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="alternating rounds (the protocol asks >= 5)")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count())
+    parser.add_argument("--settle", type=float, default=0.5,
+                        help="seconds of rest between the sides (torch's OpenMP threads "
+                             "spin-wait after a step, and would slow ours next)")
     args = parser.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import peers
 
     peers.check_interpreter("--torch-python", args.torch_python, "torch, torchdiffeq")
+    if args.repeats < 1 or args.settle < 0:
+        sys.exit(f"--repeats must be >= 1 and --settle >= 0. Received: --repeats={args.repeats}, "
+                 f"--settle={args.settle}")
     rows = []
-    for batch in [int(b) for b in args.batches.split(",")]:
-        with tempfile.TemporaryDirectory() as tmp:
-            npz = os.path.join(tmp, "block.npz")
-            tf_rows = run_tensorflow(batch, args.repeats, npz)
-            torch_rows = run_torch(args.torch_python, npz, args.repeats, args.torch_threads)
-        reference = {r["gradient"]: r["seconds"] for r in torch_rows}
-        for row in tf_rows + torch_rows:
-            base = reference.get(row["gradient"], reference["adjoint"])
-            row["ratio_to_torchdiffeq"] = row["seconds"] / base
-        rows += tf_rows + torch_rows
-    header = f"{'implementation':<18}{'gradient':<15}{'batch':>6}{'s/step':>9}{'NFE f':>7}{'NFE b':>7}{'vs torchdiffeq':>16}"
-    print(header)
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in [int(b) for b in args.batches.split(",")]:
+            batch_rows, info = compare(batch, args, tmp)
+            rows += batch_rows
+    print(f"torch {info['torch']} with {info['threads']} threads; median of {args.repeats} "
+          "alternating rounds")
+    print(f"{'implementation':<18}{'gradient':<15}{'batch':>6}{'s/step':>9}{'range':>15}"
+          f"{'NFE f':>7}{'NFE b':>7}{'vs torchdiffeq':>16}")
     for r in rows:
         backward = "-" if r["nfe_backward"] is None else r["nfe_backward"]
+        spread = f"{min(r['samples']):.3f}-{max(r['samples']):.3f}"
         print(f"{r['impl']:<18}{r['gradient']:<15}{r['batch']:>6}{r['seconds']:>9.3f}"
-              f"{r['nfe_forward']:>7}{backward:>7}{r['ratio_to_torchdiffeq']:>15.2f}x")
+              f"{spread:>15}{r['nfe_forward']:>7}{backward:>7}"
+              f"{r['ratio_to_torchdiffeq']:>15.2f}x")
     print(json.dumps(rows))
     return 0
 

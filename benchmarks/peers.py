@@ -20,3 +20,35 @@ def check_interpreter(flag, python, modules):
     if result.returncode:
         last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
         sys.exit(f"{flag}={python!r}: cannot import {modules} ({last})")
+
+
+class PeerProcess:
+    """A peer's side kept up between samples, so that samples alternate between the sides
+    (each waits while the other runs). It speaks JSON lines: its first ``{...}`` line once
+    it is warm (``info``), then one line per request written to its stdin. Its stderr goes
+    to ``stderr_path``; if it dies, the run exits with the end of that file."""
+
+    def __init__(self, name, argv, stderr_path):
+        self.name = name
+        self.stderr = open(stderr_path, "w+")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, text=True)
+        self.info = self.read()
+
+    def read(self, request=None):
+        """The next JSON line, after sending ``request`` (a line) if given."""
+        import json
+
+        if request:
+            self.proc.stdin.write(request + "\n")
+            self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        self.stderr.seek(0)
+        sys.exit(f"The {self.name} side failed:\n{self.stderr.read()[-3000:]}")
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.stderr.close()
