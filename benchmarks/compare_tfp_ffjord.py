@@ -94,7 +94,9 @@ def main(argv=None):
                   f"{1e3 * row['seconds_per_evaluation']:8.3f} ms per evaluation, "
                   f"{row['ratio_to_f']:6.2f} x f")
     if args.json:
-        with open(args.json, "w") as handle:
+        from keras_implicit.files import atomic_write
+
+        with atomic_write(args.json) as handle:  # a file of the user's: whole or untouched
             json.dump(report, handle, indent=2)
     return 0
 
