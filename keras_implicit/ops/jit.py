@@ -88,20 +88,47 @@ def probe(fn, *args):
         return Probe(False, "the input rank is unknown", None)
     compiled = tf.function(flat, jit_compile=True, autograph=False)
     try:
-        # Variables created in a tf.function's first trace are initialized only after it
-        # (the function is then traced again): lowering would fail on them.
-        with tf.init_scope():
-            if not all(_initialized(v)
-                       for v in compiled.get_concrete_function(*specs).variables):
-                return Probe(False, UNINITIALIZED, None)
-        generate = compiled.experimental_get_compiler_ir(*specs)
+        # Traced in the caller's graph, whose tensors ``fn`` may capture.
+        concrete = compiled.get_concrete_function(*specs)
         # Lowered outside the caller's graph: TensorFlow creates a random op to find the
         # device, which would otherwise run at every call of the traced function.
         with tf.init_scope():
-            hlo = generate(stage="hlo")
+            # Variables created in a tf.function's first trace are initialized only after
+            # it (the function is then traced again): lowering would fail on them.
+            if not all(_initialized(v) for v in concrete.variables):
+                return Probe(False, UNINITIALIZED, None)
+            lowered, lowered_specs = _graph_captures_as_arguments(compiled, concrete, specs)
+            hlo = lowered.experimental_get_compiler_ir(*lowered_specs)(stage="hlo")
     except Exception as error:  # XLA's refusals come as several exception types
         return Probe(False, _reason(error), None)
     return Probe(True, None, hlo)
+
+
+def _graph_captures_as_arguments(compiled, concrete, specs):
+    """``(function, specs)`` to lower in place of ``compiled`` at ``specs``.
+
+    Lowering evaluates a function's captured tensors, so a tensor of the caller's
+    graph that ``fn`` closes over (``odeint(lambda t, y: -scale * y, ...)`` with
+    ``scale`` computed in the same ``tf.function``) cannot be lowered as it is.
+    Such captures become arguments of static spec (XLA compiles them as arguments
+    when the solve runs too); variables and constants stay captured.
+    """
+    captures = list(concrete.captured_inputs)
+    symbolic = [tf.is_symbolic_tensor(c) for c in captures]
+    if not any(symbolic):
+        return compiled, specs
+    count = len(specs)
+
+    def lifted(*values):
+        arguments, lifted_captures = list(values[:count]), iter(values[count:])
+        return concrete._call_flat(
+            arguments, [next(lifted_captures) if is_symbolic else c
+                        for c, is_symbolic in zip(captures, symbolic)])
+
+    capture_specs = [_static_spec(tf.TensorSpec(c.shape, c.dtype))
+                     for c, is_symbolic in zip(captures, symbolic) if is_symbolic]
+    return (tf.function(lifted, jit_compile=True, autograph=False),
+            list(specs) + capture_specs)
 
 
 def compiles_parts(fn, *args):

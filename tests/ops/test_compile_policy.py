@@ -1,6 +1,8 @@
 """jit_dynamics="auto" | True | False: the same numbers on every path, the path it chose,
 and a clean fallback for dynamics XLA cannot compile."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -121,6 +123,34 @@ def test_auto_reports_the_path_it_chose(make, gradient, expected):
     assert box["compiled"] == expected
     eager = ki.ops.odeint(lambda t, y: layer(y, t=t), y0, [0.0, 1.0], gradient=gradient)
     assert eager.stats.compiled == "none"  # eager calls compile nothing
+
+
+def test_auto_compiles_dynamics_that_close_over_a_tensor_of_the_callers_graph():
+    """``scale`` is computed in the same tf.function: lowering the probe cannot evaluate
+    it, so it is lowered as an argument (it had fallen back, with a warning)."""
+    def run_with(jit):
+        @tf.function
+        def run(y0, rate):
+            with tf.GradientTape() as tape:
+                tape.watch(y0)
+                scale = 2.0 * rate
+                result = ki.ops.odeint(lambda t, y: -scale * y, y0, [0.0, 1.0], rtol=1e-10,
+                                       atol=1e-10, jit_dynamics=jit)
+                loss = tf.reduce_sum(result.states[-1])
+            return result.states[-1], tape.gradient(loss, y0), result.stats.compiled
+
+        return run(tf.constant([1.0, -2.0], tf.float64), tf.constant(0.75, tf.float64))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        state, grad, compiled = run_with("auto")
+    assert compiled.numpy() == b"solve"
+    # y(1) = y0 exp(-2 rate): dy(1)/dy0 = exp(-2 rate)
+    np.testing.assert_allclose(state, np.array([1.0, -2.0]) * np.exp(-1.5), rtol=1e-8)
+    np.testing.assert_allclose(grad, [np.exp(-1.5)] * 2, rtol=1e-8)
+    reference = run_with(False)
+    np.testing.assert_allclose(state, reference[0], rtol=1e-12)
+    np.testing.assert_allclose(grad, reference[1], rtol=1e-12)
 
 
 def test_auto_falls_back_with_one_warning_for_dynamics_xla_cannot_compile():
