@@ -131,24 +131,36 @@ def _graph_captures_as_arguments(compiled, concrete, specs):
             list(specs) + capture_specs)
 
 
-def compiles_parts(fn, *args):
-    """Whether ``fn(*args)``, traced outside XLA, calls functions compiled with
-    ``jit_compile=True`` itself (e.g. ``layers.group_norm(..., compiled=True)``).
-    Inside XLA such parts are traced plainly (``inside_xla``), so the probe's
-    lowering cannot tell; this traces ``fn`` once more, uncompiled."""
+#: TensorFlow ops that XLA lowers to a ``convolution`` (transposed ones included).
+_CONVOLUTIONS = frozenset({"Conv", "Conv2D", "Conv3D", "DepthwiseConv2dNative",
+                           "Conv2DBackpropInput", "Conv3DBackpropInputV2"})
+
+
+def traced_nodes(fn, *args):
+    """The ops of ``fn(*args)`` traced plainly (the graph's and its functions'), or
+    ``None`` when it cannot be traced on static specs (an unknown rank, or an error the
+    solve's own trace will report)."""
     try:
         flat, specs = _flat_traceable(fn, args)
-    except ValueError:
-        return False
-    graph = tf.function(flat, autograph=False).get_concrete_function(*specs).graph
-    return _calls_compiled(graph.as_graph_def())
-
-
-def _calls_compiled(graph_def):
-    """Whether a traced graph calls a function marked for XLA (``jit_compile=True``)."""
+        graph_def = tf.function(flat, autograph=False).get_concrete_function(
+            *specs).graph.as_graph_def()
+    except Exception:  # the probe, or the solve's trace, says what is wrong
+        return None
     nodes = list(graph_def.node)
     for function in graph_def.library.function:
         nodes.extend(function.node_def)
+    return nodes
+
+
+def convolves(nodes):
+    """Whether traced ops (``traced_nodes``) include a convolution."""
+    return any(node.op in _CONVOLUTIONS for node in nodes)
+
+
+def compiles_parts(nodes):
+    """Whether traced ops (``traced_nodes``, i.e. outside XLA) call functions compiled with
+    ``jit_compile=True`` (e.g. ``layers.group_norm(..., compiled=True)``). Inside XLA
+    such parts are traced plainly (``inside_xla``), so the probe's lowering cannot tell."""
     return any(node.attr["_XlaMustCompile"].b for node in nodes
                if node.op in ("PartitionedCall", "StatefulPartitionedCall"))
 
@@ -211,6 +223,9 @@ def _jit(fn):
     return tf.function(traced, jit_compile=True, autograph=False)
 
 
+_TAPE_REASON = "a tape through compiled trial steps costs more than it saves"
+
+
 def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
              static_times=True):
     """Chooses how a solve runs (an :class:`ODEPlan`).
@@ -241,8 +256,9 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
       program each; with dense output (its arrays grow dynamically) or output
       times of unknown number (XLA sizes the outputs statically: LatentODE's
       union of a batch's times): ``"step"``;
-    - other dynamics under ``Backprop`` or ``Checkpointed``: ``"none"``. A tape
-      cannot leave a compiled loop, and a tape through compiled trial steps
+    - other dynamics under ``Backprop`` or ``Checkpointed``: ``"none"``, decided
+      from a plain trace before any probe (no fallback warning, no lowering). A
+      tape cannot leave a compiled loop, and a tape through compiled trial steps
       cost more than it saved: a training step of a small dense dynamics
       (ConcatDense 64, batch 32) took 2.7-3.0 ms with each trial step compiled
       against 1.3 ms uncompiled (backprop) and 3.8-4.5 against 2.7-3.3 ms
@@ -256,20 +272,25 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
         return ODEPlan("none", _trace_once, None, None, "eager call: nothing to amortize")
     if not solver.differentiable:
         return ODEPlan("none", _trace_once, None, None, f"TFP's {solver.name!r}")
-    result = probe(fn, t, list(y0), list(params))
+    args = (t, list(y0), list(params))
+    taped = getattr(gradient, "name", None) != "adjoint"
+    nodes = traced_nodes(fn, *args) if taped else None
+    if nodes is not None and not convolves(nodes):  # no probe: nothing would compile
+        return ODEPlan("none", _trace_once, None, None, _TAPE_REASON)
+    result = probe(fn, *args)
     if result.reason == UNINITIALIZED:  # the trace that follows decides
         return ODEPlan("none", _trace_once, None, None, result.reason)
     if not result.ok:
         warn_fallback("The dynamics (jit_dynamics='auto')", result.reason)
         return ODEPlan("none", _trace_once, None, None, result.reason)
     if "convolution(" in result.hlo:
-        if compiles_parts(fn, t, list(y0), list(params)):
+        nodes = traced_nodes(fn, *args) if nodes is None else nodes
+        if nodes is not None and compiles_parts(nodes):
             return ODEPlan("none", _trace_once, None, None,
                            "convolutions, and the dynamics compiles its other parts itself")
         return ODEPlan("dynamics", _jit, None, None, "convolutions")
-    if getattr(gradient, "name", None) != "adjoint":
-        return ODEPlan("none", _trace_once, None, None,
-                       "a tape through compiled trial steps costs more than it saves")
+    if taped:
+        return ODEPlan("none", _trace_once, None, None, _TAPE_REASON)
     if not dense and static_times:
         return ODEPlan("solve", None, None, _jit, "no convolutions")
     return ODEPlan("step", None, _jit, None,

@@ -168,6 +168,37 @@ def test_auto_falls_back_with_one_warning_for_dynamics_xla_cannot_compile():
         np.testing.assert_allclose(b, a, rtol=1e-12)
 
 
+@pytest.mark.parametrize("gradient", ["backprop", "checkpointed"])
+def test_a_taped_gradient_on_dense_dynamics_decides_without_probing(gradient):
+    """Under a tape dense dynamics run uncompiled anyway: no lowering, so no fallback
+    warning for an op XLA refuses (a string op); a convolution still gets its dynamics
+    compiled."""
+    layer = dense_dynamics()
+
+    def dynamics(t, y):
+        one = tf.cast(tf.strings.length(tf.strings.as_string(t)) > 0, y.dtype)
+        return layer(y * one, t=t)
+
+    y0 = tf.constant(np.random.RandomState(3).randn(3, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values, _ = solve_and_grad(layer, y0, "auto", dynamics, gradient=gradient)
+    reference, _ = solve_and_grad(layer, y0, False, dynamics, gradient=gradient)
+    for a, b in zip(reference, values):
+        np.testing.assert_allclose(b, a, rtol=1e-12)
+    conv = conv_dynamics()
+    box = {}
+
+    @tf.function
+    def run(y):
+        result = ki.ops.odeint(lambda t, s: conv(s, t=t), y, [0.0, 1.0], gradient=gradient)
+        box["compiled"] = result.stats.compiled
+        return result.states
+
+    run(tf.constant(np.random.RandomState(4).randn(2, 3, 3, 2)))
+    assert box["compiled"] == "dynamics"
+
+
 def test_the_layer_keeps_auto_in_its_config_and_reports_the_path(tmp_path):
     x = np.random.RandomState(3).randn(8, 4).astype("float32")
     model = keras.Sequential([keras.Input((4,)), ki.layers.NeuralODE(
