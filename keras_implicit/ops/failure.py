@@ -109,7 +109,8 @@ def _host_parts(parts):
         return parts
     tensors = [part if isinstance(part, str) else tf.convert_to_tensor(part) for part in parts]
     return [part if isinstance(part, str) or part.dtype in (tf.string, tf.int32)
-            else tf.strings.as_string(part, shortest=True) for part in tensors]
+            else tf.strings.as_string(part, shortest=part.dtype.is_floating)
+            for part in tensors]
 
 
 def backward_overflow(dtype, finite, status, grads):

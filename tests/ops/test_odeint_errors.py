@@ -158,3 +158,18 @@ def test_the_failure_check_in_a_graph_is_one_assert_with_the_time_in_its_message
     assert "Assert" in types and not {"If", "StatelessIf"} & set(types)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"status\] \[2\] \[at time\] \[0.5"):
         run(Y0)
+
+
+def test_the_graph_failure_message_shows_numbers_of_every_dtype():
+    """Each detail is formatted as text in the graph (int64 and bool refuse the shortest
+    float format, which would have failed the report itself)."""
+    from keras_implicit.ops import failure
+
+    details = ["at", tf.constant(0.25, tf.float64), tf.constant(1.5, tf.float16),
+               tf.constant(7, tf.int64), tf.constant(True), tf.constant(3)]
+    run = tf.function(lambda status: failure.report(status, "raise", "ode", "test", details,
+                                                    [tf.constant(1.0)]))
+    assert run(tf.constant(0))[0].numpy() == 1.0
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"\[at\] \[0.25\] \[1.5\] \[7\] \[true\] \[3\]"):
+        run(tf.constant(2))
