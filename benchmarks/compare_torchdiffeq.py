@@ -12,10 +12,11 @@ each of the ``--repeats`` rounds (>= 5 for the protocol) times one forward +
 backward step of every variant of ours (the order reversed every other
 round), of raw ``tfp.math.ode`` and then of torchdiffeq (adjoint and
 backprop), so the samples of the two sides alternate and share the machine's
-state; ``--settle`` seconds of rest separate the sides. Prints one table: the median over the rounds (ours with the defaults,
-``jit_dynamics="auto"``, first, then with ``False`` and ``True``), the range
-of the samples, forward and backward NFE, and the ratio to torchdiffeq with
-the same gradient mode. Not run by asv or pytest; nothing is asserted.
+state; ``--settle`` seconds of rest separate the sides. Prints one table: the
+median over the rounds (ours with the defaults, ``jit_dynamics="auto"``, first,
+then with ``False`` and ``True``), the range of the samples, forward and
+backward NFE, and the ratio to torchdiffeq with the same gradient mode. Not
+run by asv or pytest; nothing is asserted.
 """
 
 import argparse
