@@ -47,8 +47,10 @@ def solve_and_grad(layer, y0, jit, dynamics=None, tolerance=1e-9, **kwargs):
     return values, run
 
 
-CASES = [("dopri5", "adjoint", {}), ("bosh3", "backprop", {}), ("dopri5", "checkpointed", {}),
-         ("rk4", "adjoint", {"num_steps": 6}), ("rk4", "backprop", {"num_steps": 6})]
+# Every solver of ours with every gradient strategy (TFP's solvers are never compiled).
+CASES = [(solver, gradient, {"num_steps": 6} if solver in ("euler", "midpoint", "rk4") else {})
+         for solver in ("dopri5", "bosh3", "rk4", "midpoint", "euler")
+         for gradient in ("adjoint", "backprop", "checkpointed")]
 
 
 @pytest.mark.parametrize("solver,gradient,kwargs", CASES)
