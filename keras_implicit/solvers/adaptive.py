@@ -95,7 +95,7 @@ class AdaptiveRungeKutta(base.ODESolver):
     def get_config(self):
         return {"tableau": runge_kutta.serialize_tableau(self.tableau), **self._legacy_options}
 
-    def trial_step(self, fn, t, h, t_last, y, f, rtol, atol, error_mask=None):
+    def trial_step(self, fn, t, h, t_last, y, f, rtol, atol, error_mask=None, midpoint=True):
         """One trial step from ``(t, y)`` with derivative ``f``, of size ``h``.
 
         The last stage (at the new solution, first same as last) is evaluated
@@ -103,8 +103,9 @@ class AdaptiveRungeKutta(base.ODESolver):
 
         Returns:
             ``(y_new, f_new, y_mid, ratio)``: the new state, its derivative,
-            the state at ``t + h / 2`` (``None`` without ``b_mid``) and the
-            error ratio (control dtype; the step is good if <= 1).
+            the state at ``t + h / 2`` (``None`` without ``b_mid``, or with
+            ``midpoint=False``: no caller will interpolate inside the step) and
+            the error ratio (control dtype; the step is good if <= 1).
         """
         tab = self.tableau
         ks = [f]
@@ -120,7 +121,8 @@ class AdaptiveRungeKutta(base.ODESolver):
         error_weights = [b - e for b, e in zip(tab.b, tab.b_error)]
         error = state_ops.combine([tf.zeros_like(v) for v in y], h, error_weights, ks)
         ratio = state_ops.error_ratio(error, y, y_new, rtol, atol, error_mask)
-        y_mid = None if tab.b_mid is None else state_ops.combine(y, h, tab.b_mid, ks)
+        y_mid = (state_ops.combine(y, h, tab.b_mid, ks)
+                 if midpoint and tab.b_mid is not None else None)
         return y_new, ks[-1], y_mid, tf.cast(ratio, t.dtype)
 
     def make_loop(self, fn, times, options, *, error_mask=None, first_step=None, f0=None,
@@ -172,10 +174,17 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
         self.error_order = solver.tableau.error_order
         self.differentiable_keys = ("y", "f") + (("events",) if event_fn is not None else ())
 
+        # Only outputs strictly inside a step, events and the dense solution use the
+        # step's polynomial: a solve to its end time alone (two times; the last step
+        # lands on it) skips the midpoint, a state-sized combination per step and its
+        # gradient.
+        midpoint = (event_fn is not None or dense or self.static_num_times is None
+                    or self.static_num_times > 2)
+
         def trial(t, h, t_last, y, f, event_state):
             step_fn = fn if self.tracker is None else self.tracker.mask(fn, event_state)
             return solver.trial_step(step_fn, t, h, t_last, y, f, self.rtol, self.atol,
-                                     error_mask)
+                                     error_mask, midpoint=midpoint)
 
         self.attempt = trial if step_fn_wrapper is None else step_fn_wrapper(trial)
 

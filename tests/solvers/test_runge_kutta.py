@@ -57,3 +57,28 @@ def test_registry_round_trip_and_custom_tableau_solver():
 def test_adaptive_solver_refuses_tableau_without_error_estimate():
     with pytest.raises(ValueError, match="embedded error estimate"):
         ki.solvers.AdaptiveRungeKutta(runge_kutta.RK4)
+
+
+@pytest.mark.parametrize("times,dense,midpoint", [
+    ([0.0, 1.0], False, False), ([0.0, 0.5, 1.0], False, True), ([0.0, 1.0], True, True)])
+def test_the_midpoint_is_computed_only_where_a_step_may_be_interpolated(times, dense, midpoint):
+    """A solve to its end time alone lands its last step on it and never interpolates:
+    dopri5's midpoint (a state-sized combination per step) is skipped there."""
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_implicit.solvers import SolverOptions
+
+    solver = ki.solvers.get("dopri5")
+    times = tf.constant(times, tf.float64)
+    y0 = [tf.constant([1.0, 2.0], tf.float64)]
+    loop = solver.make_loop(lambda t, y: [-v for v in y], times, SolverOptions.make(),
+                            dense=dense)
+    h = tf.constant(0.1, tf.float64)
+    y_new, _, y_mid, _ = loop.attempt(times[0], h, h, y0, [-y0[0]], None)
+    assert (y_mid is not None) == midpoint
+    if midpoint:  # the quartic's midpoint of y' = -y: y0 exp(-h / 2) to the method's order
+        np.testing.assert_allclose(y_mid[0], y0[0] * np.exp(-0.05), rtol=1e-6)
+    result = solver.integrate(lambda t, y: [-v for v in y], y0, times, SolverOptions.make(
+        rtol=1e-10, atol=1e-10))
+    np.testing.assert_allclose(result.states[0][-1], y0[0] * np.exp(-1.0), rtol=1e-8)
