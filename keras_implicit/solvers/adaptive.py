@@ -119,7 +119,7 @@ class AdaptiveRungeKutta(base.ODESolver):
                 t_i = t + tab.c[i] * h
             ks.append(fn(t_i, y_i))
         error_weights = [b - e for b, e in zip(tab.b, tab.b_error)]
-        error = state_ops.combine([tf.zeros_like(v) for v in y], h, error_weights, ks)
+        error = state_ops.combine(None, h, error_weights, ks)
         ratio = state_ops.error_ratio(error, y, y_new, rtol, atol, error_mask)
         y_mid = (state_ops.combine(y, h, tab.b_mid, ks)
                  if midpoint and tab.b_mid is not None else None)

@@ -18,18 +18,26 @@ def cast_to(x, dtype):
 
 
 def combine(y, dt, coefficients, derivatives):
-    """``y + dt * sum_i coefficients[i] * derivatives[i]``, skipping zero coefficients."""
+    """``y + dt * sum_i coefficients[i] * derivatives[i]``, skipping zero coefficients;
+    ``y=None`` for the sum alone (an error estimate).
+
+    Each weight ``dt * c`` is a scalar product, so a term costs one state-sized
+    multiply and one add (a Runge–Kutta step makes several such sums per stage).
+    """
     terms = [(c, k) for c, k in zip(coefficients, derivatives) if c != 0.0]
+
+    def weight(c, dtype):
+        if tf.is_tensor(dt):
+            return tf.cast(dt * cast_to(c, dt.dtype), dtype)
+        return cast_to(dt * c, dtype)
+
     out = []
-    for j, y_j in enumerate(y):
-        if not terms:
-            out.append(y_j)
-            continue
-        acc = None
+    for j in range(len(derivatives[0])):
+        acc = None if y is None else y[j]
         for c, k in terms:
-            term = k[j] if c == 1.0 else tf.constant(c, y_j.dtype) * k[j]
+            term = weight(c, k[j].dtype) * k[j]
             acc = term if acc is None else acc + term
-        out.append(y_j + cast_to(dt, y_j.dtype) * acc)
+        out.append(tf.zeros_like(derivatives[0][j]) if acc is None else acc)
     return out
 
 

@@ -82,3 +82,27 @@ def test_the_midpoint_is_computed_only_where_a_step_may_be_interpolated(times, d
     result = solver.integrate(lambda t, y: [-v for v in y], y0, times, SolverOptions.make(
         rtol=1e-10, atol=1e-10))
     np.testing.assert_allclose(result.states[0][-1], y0[0] * np.exp(-1.0), rtol=1e-8)
+
+
+def test_combine_is_the_weighted_sum_for_tensor_and_python_step_sizes():
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_implicit.solvers import state as state_ops
+
+    y = [tf.constant([1.0, -2.0], tf.float64)]
+    ks = [[tf.constant([3.0, 5.0], tf.float64)], [tf.constant([-7.0, 11.0], tf.float64)]]
+    expected = np.array([1.0, -2.0]) + 0.5 * (0.25 * np.array([3.0, 5.0])
+                                              - 3.0 * np.array([-7.0, 11.0]))
+    for dt in (0.5, tf.constant(0.5, tf.float64)):
+        np.testing.assert_allclose(state_ops.combine(y, dt, [0.25, -3.0], ks)[0], expected,
+                                   rtol=1e-15)
+        np.testing.assert_allclose(state_ops.combine(None, dt, [0.25, -3.0], ks)[0],
+                                   expected - np.array([1.0, -2.0]), rtol=1e-15)
+        assert state_ops.combine(y, dt, [0.0, 0.0], ks)[0] is y[0]
+        np.testing.assert_array_equal(state_ops.combine(None, dt, [0.0, 0.0], ks)[0], [0, 0])
+    # A float16 state keeps its dtype; the weight dt * c is formed in the step's dtype.
+    half = state_ops.combine([tf.constant([1.0], tf.float16)], tf.constant(1e-3),
+                             [1.0 / 3.0], [[tf.constant([3.0], tf.float16)]])[0]
+    assert half.dtype == tf.float16
+    np.testing.assert_allclose(float(half[0]), 1.001, rtol=1e-3)
