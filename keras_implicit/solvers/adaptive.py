@@ -175,11 +175,13 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
         self.differentiable_keys = ("y", "f") + (("events",) if event_fn is not None else ())
 
         # Only outputs strictly inside a step, events and the dense solution use the
-        # step's polynomial: a solve to its end time alone (two times; the last step
+        # step's polynomial. A solve to its end time alone (two times; the last step
         # lands on it) skips the midpoint, a state-sized combination per step and its
-        # gradient.
+        # gradient, and writes its one output after the loop (``complete``), not from
+        # a loop nested in each step.
         midpoint = (event_fn is not None or dense or self.static_num_times is None
                     or self.static_num_times > 2)
+        self.writes_in_steps = midpoint
 
         def trial(t, h, t_last, y, f, event_state):
             step_fn = fn if self.tracker is None else self.tracker.mask(fn, event_state)
@@ -293,9 +295,10 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
             # A sample frozen at its event carries a zero derivative from now on.
             f_new = [events_lib.batch_where(new["events"]["fired"], tf.zeros_like(v), v)
                      for v in f_new]
-        new["out_index"], new["outputs"] = self._write_outputs(
-            new, accept, t, h, t_new, y_new,
-            polynomial if coefficients is None else (lambda: coefficients))
+        if self.writes_in_steps:
+            new["out_index"], new["outputs"] = self._write_outputs(
+                new, accept, t, h, t_new, y_new,
+                polynomial if coefficients is None else (lambda: coefficients))
         if self.recorder is not None:
             new["dense_count"], new["dense"] = self.recorder.record(
                 state["dense_count"], state["dense"], accept, t, h, coefficients)

@@ -77,11 +77,18 @@ def test_the_midpoint_is_computed_only_where_a_step_may_be_interpolated(times, d
     h = tf.constant(0.1, tf.float64)
     y_new, _, y_mid, _ = loop.attempt(times[0], h, h, y0, [-y0[0]], None)
     assert (y_mid is not None) == midpoint
+    assert loop.writes_in_steps == midpoint  # else the one output is written after the loop
     if midpoint:  # the quartic's midpoint of y' = -y: y0 exp(-h / 2) to the method's order
         np.testing.assert_allclose(y_mid[0], y0[0] * np.exp(-0.05), rtol=1e-6)
     result = solver.integrate(lambda t, y: [-v for v in y], y0, times, SolverOptions.make(
         rtol=1e-10, atol=1e-10))
-    np.testing.assert_allclose(result.states[0][-1], y0[0] * np.exp(-1.0), rtol=1e-8)
+    np.testing.assert_allclose(result.states[0], y0[0] * np.exp(-times[:, None]), rtol=1e-8)
+    # A solve that stops early returns NaN where it did not reach, written after the loop too.
+    failed = solver.integrate(lambda t, y: [-v for v in y], y0, times, SolverOptions.make(
+        rtol=1e-10, atol=1e-10, max_num_steps=3))
+    assert int(failed.stats.status) == ki.ops.Status.MAX_STEPS_REACHED
+    np.testing.assert_array_equal(failed.states[0][0], y0[0])
+    assert np.all(np.isnan(failed.states[0][-1]))
 
 
 def test_combine_is_the_weighted_sum_for_tensor_and_python_step_sizes():
