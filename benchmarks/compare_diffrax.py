@@ -239,11 +239,9 @@ def main(argv=None):
         print(f"f alone, TensorFlow {executor} / JAX: "
               f"{f_seconds[executor] / f_seconds['jax']:.2f}x")
     if args.json:
-        from keras_implicit.files import atomic_write
-
-        with atomic_write(args.json) as handle:  # a file of the user's: whole or untouched
-            json.dump({"rows": rows, "versions": versions, "max_abs_f_diff": f_difference,
-                       "repeats": args.repeats, "inner": args.inner}, handle, indent=2)
+        peers.write_json(args.json, {"rows": rows, "versions": versions,
+                                     "max_abs_f_diff": f_difference, "repeats": args.repeats,
+                                     "inner": args.inner})
     return 0
 
 

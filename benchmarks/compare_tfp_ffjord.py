@@ -14,11 +14,10 @@ Timings are wall-clock medians; nothing is asserted.
 """
 
 import argparse
-import json
 import statistics
 import time
 
-from benchmarks import bench_ffjord
+from benchmarks import bench_ffjord, peers
 
 
 def _median(fn, repeats):
@@ -94,10 +93,7 @@ def main(argv=None):
                   f"{1e3 * row['seconds_per_evaluation']:8.3f} ms per evaluation, "
                   f"{row['ratio_to_f']:6.2f} x f")
     if args.json:
-        from keras_implicit.files import atomic_write
-
-        with atomic_write(args.json) as handle:  # a file of the user's: whole or untouched
-            json.dump(report, handle, indent=2)
+        peers.write_json(args.json, report)
     return 0
 
 

@@ -320,10 +320,7 @@ def main(argv=None):
               f"{1e3 * r['seconds_per_iteration']:>7.2f}{r['output_checksum']:>13.2f}"
               f"{r['ratio']:>10.2f}x{r['cpu_ratio']:>9.2f}x")
     if args.json:
-        from keras_implicit.files import atomic_write
-
-        with atomic_write(args.json) as handle:  # a file of the user's: whole or untouched
-            json.dump(rows, handle, indent=2)
+        peers.write_json(args.json, rows)
     return 0
 
 

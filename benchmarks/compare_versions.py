@@ -216,10 +216,7 @@ def main(argv=None):
         for worker in sides.values():
             worker.close()
     if args.json:
-        from keras_implicit.files import atomic_write
-
-        with atomic_write(args.json) as handle:  # a file of the user's: whole or untouched
-            json.dump(rows, handle, indent=2)
+        peers.write_json(args.json, rows)
     return 0
 
 

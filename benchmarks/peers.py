@@ -1,4 +1,5 @@
-"""What the comparison scripts share: the check of a peer library's interpreter.
+"""What the comparison scripts share: the check of a peer library's interpreter, the
+peer's process kept up between samples, and the ``--json`` file.
 
 The peers (torch with torchdiffeq or torchdeq, JAX with diffrax) live in a
 scratch virtualenv and are never dependencies; each ``compare_*`` script runs
@@ -52,3 +53,14 @@ class PeerProcess:
         self.proc.stdin.close()
         self.proc.wait()
         self.stderr.close()
+
+
+def write_json(path, data):
+    """``data`` as indented JSON at ``path``, written atomically (a file of the user's is
+    whole or untouched)."""
+    import json
+
+    from keras_implicit.files import atomic_write
+
+    with atomic_write(path) as handle:
+        json.dump(data, handle, indent=2)
