@@ -179,14 +179,13 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
         # lands on it) skips the midpoint, a state-sized combination per step and its
         # gradient, and writes its one output after the loop (``complete``), not from
         # a loop nested in each step.
-        midpoint = (event_fn is not None or dense or self.static_num_times is None
-                    or self.static_num_times > 2)
-        self.writes_in_steps = midpoint
+        self.interpolates = (event_fn is not None or dense or self.static_num_times is None
+                             or self.static_num_times > 2)
 
         def trial(t, h, t_last, y, f, event_state):
             step_fn = fn if self.tracker is None else self.tracker.mask(fn, event_state)
             return solver.trial_step(step_fn, t, h, t_last, y, f, self.rtol, self.atol,
-                                     error_mask, midpoint=midpoint)
+                                     error_mask, midpoint=self.interpolates)
 
         self.attempt = trial if step_fn_wrapper is None else step_fn_wrapper(trial)
 
@@ -295,7 +294,7 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
             # A sample frozen at its event carries a zero derivative from now on.
             f_new = [events_lib.batch_where(new["events"]["fired"], tf.zeros_like(v), v)
                      for v in f_new]
-        if self.writes_in_steps:
+        if self.interpolates:
             new["out_index"], new["outputs"] = self._write_outputs(
                 new, accept, t, h, t_new, y_new,
                 polynomial if coefficients is None else (lambda: coefficients))

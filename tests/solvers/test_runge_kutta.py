@@ -77,7 +77,7 @@ def test_the_midpoint_is_computed_only_where_a_step_may_be_interpolated(times, d
     h = tf.constant(0.1, tf.float64)
     y_new, _, y_mid, _ = loop.attempt(times[0], h, h, y0, [-y0[0]], None)
     assert (y_mid is not None) == midpoint
-    assert loop.writes_in_steps == midpoint  # else the one output is written after the loop
+    assert loop.interpolates == midpoint  # else the one output is written after the loop
     if midpoint:  # the quartic's midpoint of y' = -y: y0 exp(-h / 2) to the method's order
         np.testing.assert_allclose(y_mid[0], y0[0] * np.exp(-0.05), rtol=1e-6)
     result = solver.integrate(lambda t, y: [-v for v in y], y0, times, SolverOptions.make(
