@@ -213,3 +213,40 @@ def test_the_layer_keeps_auto_in_its_config_and_reports_the_path(tmp_path):
         ki.layers.NeuralODE(ki.layers.ConcatDense(4), jit_dynamics="yes")
     with pytest.raises(ValueError, match="jit_dynamics=True"):
         ki.layers.NeuralODE(ki.layers.ConcatDense(4), solver="bdf", jit_dynamics=True)
+
+
+def test_a_compiled_function_returns_its_scalars_of_one_dtype_as_one_output():
+    """Each output of a compiled call costs TensorFlow's executor about a microsecond, so
+    the compiled solve's statistics leave XLA as one vector per dtype; the structure,
+    values and dtypes come back unchanged, per trace (two signatures, two layouts)."""
+    from keras_implicit.ops import jit
+
+    Pair = __import__("collections").namedtuple("Pair", ["state", "stats"])
+
+    def fn(y, scale):
+        n = tf.shape(y, out_type=tf.int32)[0]
+        stats = {"n": n, "twice": 2 * n, "sum": tf.reduce_sum(y), "max": tf.reduce_max(y),
+                 "one": tf.constant(1, tf.int64), "none": None}
+        return Pair([y * scale, tf.reduce_min(y)], stats)
+
+    compiled = jit._jit(fn)
+
+    @tf.function
+    def run(y):
+        return compiled(y, 2.0)
+
+    for y in (tf.constant([1.0, -2.0, 4.0]), tf.constant([[1.0, 3.0], [5.0, -1.0]])):
+        got = run(y)
+        want = fn(y, 2.0)
+        assert isinstance(got, Pair) and got.stats["none"] is None
+        np.testing.assert_allclose(got.state[0], want.state[0])
+        for key in ("n", "twice", "sum", "max", "one"):
+            assert got.stats[key].dtype == want.stats[key].dtype
+            assert got.stats[key].shape == ()
+            assert got.stats[key].numpy() == want.stats[key].numpy()
+        assert got.state[1].numpy() == want.state[1].numpy()
+        calls = [op for op in run.get_concrete_function(y).graph.get_operations()
+                 if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+        # The state, the int32 pair, the three float32 scalars; the int64 alone stays as
+        # it is (a vector of one would cost a stack and an unstack).
+        assert [len(op.outputs) for op in calls] == [4]
