@@ -88,7 +88,7 @@ def report(status, on_failure, family, header, details, outputs):
     ok = tf.equal(status, Status.SUCCESS)
     parts = [f"{header} with status", status, *details, f"(status codes: {_legend(family)})"]
     if on_failure == "raise":
-        check = tf.debugging.Assert(ok, _host_parts(parts), summarize=3)
+        check = _assert(ok, parts)
     else:
         def warn():
             with tf.control_dependencies(
@@ -100,17 +100,18 @@ def report(status, on_failure, family, header, details, outputs):
         return [tf.identity(x) for x in outputs]
 
 
-def _host_parts(parts):
-    """``parts`` with numbers other than int32 as strings, outside XLA: ``Assert`` on
-    strings and int32 alone is one op, on other data TensorFlow guards it by an ``If``
-    (to keep device tensors off the host), which cost about 5% of a small compiled
-    solve in a loop. XLA has no string conversion, and drops ``Assert`` anyway."""
-    if jit.inside_xla():
-        return parts
-    tensors = [part if isinstance(part, str) else tf.convert_to_tensor(part) for part in parts]
-    return [part if isinstance(part, str) or part.dtype in (tf.string, tf.int32)
-            else tf.strings.as_string(part, shortest=part.dtype.is_floating)
-            for part in tensors]
+def _assert(condition, parts):
+    """One ``Assert`` op on ``parts`` (strings and scalar tensors of any dtype).
+
+    ``tf.debugging.Assert`` guards data other than strings and int32 by an ``If``
+    (to keep device tensors off the host unless the check fails), which cost about 5%
+    of a small compiled solve run in a loop; formatting the numbers as strings first
+    cost one op per number. The op itself formats its data only when the check fails,
+    and runs on the host, where the solve's status and time already are (XLA drops
+    it: read the status there)."""
+    data = [tf.constant(part) if isinstance(part, str) else tf.convert_to_tensor(part)
+            for part in parts]
+    return tf.raw_ops.Assert(condition=condition, data=data, summarize=3)
 
 
 def backward_overflow(dtype, finite, status, grads):
