@@ -350,9 +350,12 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
                       for v in state["y"]]
             return i + 1, [ta.write(i, v) for ta, v in zip(outs, values)]
 
-        out_index, outputs = tf.while_loop(lambda i, _: i < self.num_times, body,
-                                           (state["out_index"], state["outputs"]),
-                                           maximum_iterations=self.static_num_times)
+        if not self.interpolates:  # two times: the steps wrote nothing, the end is output 1
+            out_index, outputs = body(state["out_index"], state["outputs"])
+        else:
+            out_index, outputs = tf.while_loop(lambda i, _: i < self.num_times, body,
+                                               (state["out_index"], state["outputs"]),
+                                               maximum_iterations=self.static_num_times)
         return {**state, "status": status, "out_index": out_index, "outputs": outputs}
 
     def events_of(self, state):
