@@ -51,3 +51,73 @@ def test_config_round_trip(cls, kwargs, shape):
 def test_bad_sizes(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+def _reference_concat_conv(layer, x, t):
+    """The definition: a convolution of the input with ``t`` appended as a channel."""
+    import tensorflow as tf
+
+    conv = layer.conv
+    column = np.full(x.shape[:-1] + (1,), 0.0 if t is None else t)
+    out = tf.nn.convolution(np.concatenate([x, column], -1), conv.kernel.numpy(),
+                            strides=conv.strides, padding=conv.padding.upper(),
+                            dilations=conv.dilation_rate).numpy()
+    out = out + conv.bias.numpy() if conv.use_bias else out
+    return np.tanh(out)
+
+
+@pytest.mark.parametrize("size,kernel_size,strides,padding,dilation_rate", [
+    ((5, 5), 3, 1, "same", 1),
+    ((6, 7), 3, 2, "same", 1),
+    ((7, 6), (2, 3), 2, "same", 1),
+    ((6, 6), 3, 1, "same", 2),
+    ((5, 6), 3, 1, "valid", 1),
+    ((7, 8), (3, 2), (2, 3), "valid", 1),
+    ((8, 8), 4, 1, "same", 1),
+])
+def test_concat_conv_matches_a_convolution_of_the_concatenated_input(
+        size, kernel_size, strides, padding, dilation_rate):
+    """ConcatConv2D splits its kernel (state channels, time channel) instead of
+    concatenating: float64, every padding, stride, dilation and even kernel, against the
+    convolution of [x, t]; t=None is t=0."""
+    layer = ki.layers.ConcatConv2D(4, kernel_size, strides=strides, padding=padding,
+                                   dilation_rate=dilation_rate, activation="tanh",
+                                   bias_initializer="glorot_uniform", dtype="float64")
+    x = np.random.RandomState(2).randn(2, *size, 3)
+    for t in (None, 0.0, 0.37, -2.5):
+        np.testing.assert_allclose(layer(x, t=t).numpy(), _reference_concat_conv(layer, x, t),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_concat_conv_with_unknown_spatial_size_and_its_gradient():
+    """Unknown height and width (a tf.function with None dimensions) take the
+    convolution path for the time channel: the same values, and the kernel's gradient
+    against central differences (float64)."""
+    import tensorflow as tf
+
+    layer = ki.layers.ConcatConv2D(2, 3, activation="tanh", dtype="float64")
+    x = np.random.RandomState(3).randn(1, 4, 5, 2)
+    layer.build(x.shape)
+    run = tf.function(lambda x, t: layer(x, t=t),
+                      input_signature=[tf.TensorSpec([None, None, None, 2], tf.float64),
+                                       tf.TensorSpec([], tf.float64)])
+    np.testing.assert_allclose(run(x, tf.constant(0.6, tf.float64)).numpy(),
+                               _reference_concat_conv(layer, x, 0.6), rtol=1e-12, atol=1e-12)
+
+    def loss():
+        return float(tf.reduce_sum(tf.sin(layer(x, t=0.6))))
+
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(tf.sin(layer(x, t=0.6)))
+    grad = tape.gradient(value, layer.conv.kernel).numpy()
+    kernel = layer.conv.kernel
+    base = kernel.numpy()
+    for index in [(0, 0, 0, 0), (1, 2, 1, 1), (2, 1, 2, 0), (0, 2, 2, 1)]:  # channel 2: time
+        step = np.zeros_like(base)
+        step[index] = 1e-6
+        kernel.assign(base + step)
+        up = loss()
+        kernel.assign(base - step)
+        down = loss()
+        kernel.assign(base)
+        np.testing.assert_allclose(grad[index], (up - down) / 2e-6, rtol=1e-6, atol=1e-9)
