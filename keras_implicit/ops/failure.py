@@ -20,7 +20,6 @@ import warnings
 import tensorflow as tf
 
 from keras_implicit import validation
-from keras_implicit.ops import jit
 from keras_implicit.solvers.status import Status, describe
 
 ON_FAILURE = ("raise", "warn", "ignore")

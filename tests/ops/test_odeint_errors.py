@@ -156,7 +156,8 @@ def test_the_failure_check_in_a_graph_is_one_assert_with_the_time_in_its_message
     graph = run.get_concrete_function(Y0).graph
     types = [op.type for op in graph.get_operations()]
     assert "Assert" in types and not {"If", "StatelessIf", "AsString"} & set(types)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"status\] \[2\] \[at time\] \[0\.(5|49999)"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"status\] \[2\] \[at time\] \[0\.(5|49999)"):
         run(Y0)
 
 
