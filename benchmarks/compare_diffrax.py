@@ -16,7 +16,8 @@ and ``dt0=None`` (automatic first step, as ours), under ``jax.jit``.
 
 Each timing is the median of ``--repeats`` (>= 5 for the protocol) samples
 taken after warm-up, alternating between the two processes (each waits while
-the other runs): per call, one solve as its own compiled call (mean of
+the other runs, ``--settle`` seconds of rest between them, our variants' order
+reversed every other round): per call, one solve as its own compiled call (mean of
 ``--inner`` calls); loop, 20 dependent solves (each output is the next input)
 inside ONE compiled call (``tf.while_loop`` in a ``tf.function``;
 ``jax.lax.fori_loop`` in ``jax.jit``) / 20, the one that matters inside a
@@ -162,11 +163,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7,
                         help="alternating samples of each side (the protocol asks >= 5)")
     parser.add_argument("--inner", type=int, default=20, help="solves per per-call sample")
+    parser.add_argument("--settle", type=float, default=0.5,
+                        help="seconds of rest between the sides (each runtime's threads "
+                             "spin-wait after work, and would slow the other side next)")
     parser.add_argument("--json", default=None, help="also write the rows to this path")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.inner < 1:
-        sys.exit(f"--repeats and --inner must be >= 1. Received: --repeats={args.repeats}, "
-                 f"--inner={args.inner}")
+    if args.repeats < 1 or args.inner < 1 or args.settle < 0:
+        sys.exit(f"--repeats and --inner must be >= 1 and --settle >= 0. Received: "
+                 f"--repeats={args.repeats}, --inner={args.inner}, --settle={args.settle}")
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import peers
 
@@ -189,14 +193,17 @@ def main(argv=None):
             fn(x)
         samples = {name: {"call": [], "loop": []} for name in list(variants) + ["diffrax"]}
         f_samples = {"graph": [], "xla": [], "jax": []}  # f alone, per executor
-        for _ in range(args.repeats):
-            for name, (once, loop) in variants.items():
+        for round_index in range(args.repeats):
+            order = list(variants.items())
+            for name, (once, loop) in order if round_index % 2 == 0 else order[::-1]:
                 samples[name]["call"].append(
                     _timed(lambda: once(x)[0].numpy(), args.inner) / args.inner)
                 samples[name]["loop"].append(_timed(lambda: loop(x)[0].numpy(), 1) / LOOP)
             for executor, chained in chains.items():
                 f_samples[executor].append(_timed(lambda: chained(x).numpy(), 1) / CHAINED)
+            time.sleep(args.settle)
             jax_sample = jax_side.read("sample")
+            time.sleep(args.settle)
             f_samples["jax"].append(jax_sample.pop("f"))
             for key, value in jax_sample.items():
                 samples["diffrax"][key].append(value)
