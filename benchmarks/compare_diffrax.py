@@ -16,8 +16,10 @@ and ``dt0=None`` (automatic first step, as ours), under ``jax.jit``.
 
 Each timing is the median of ``--repeats`` (>= 5 for the protocol) samples
 taken after warm-up, alternating between the two processes (each waits while
-the other runs, ``--settle`` seconds of rest between them, our variants' order
-reversed every other round): per call, one solve as its own compiled call (mean of
+the other runs, ``--settle`` seconds of rest between them, then 0.1 s of
+untimed solves on the side about to be timed: after a rest a process runs
+about 2x slower for its first tens of milliseconds, TensorFlow's graph executor
+more than XLA; our variants' order reversed every other round): per call, one solve as its own compiled call (mean of
 ``--inner`` calls); loop, 20 dependent solves (each output is the next input)
 inside ONE compiled call (``tf.while_loop`` in a ``tf.function``;
 ``jax.lax.fori_loop`` in ``jax.jit``) / 20, the one that matters inside a
@@ -43,6 +45,7 @@ import tempfile
 import time
 
 BATCH, FEATURES, RTOL, ATOL, LOOP, CHAINED, MAX_STEPS = 32, 64, 1e-3, 1e-3, 20, 500, 10_000
+WARM_SECONDS = 0.1
 
 JAX_SIDE = r'''
 import json, sys, time
@@ -50,7 +53,7 @@ from importlib.metadata import version
 import numpy as np
 import jax, jax.numpy as jnp, diffrax
 
-npz, out_path, inner = sys.argv[1], sys.argv[2], int(sys.argv[3])
+npz, out_path, inner, warm = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[5])
 rtol, atol, loop_n, chained, max_steps = json.loads(sys.argv[4])
 kernel, bias, x = (jnp.asarray(np.load(npz)[k]) for k in ("kernel", "bias", "x"))
 count = [0]
@@ -89,6 +92,9 @@ def timed(fn, calls):
         fn(x).block_until_ready()
     return time.perf_counter() - start
 for line in sys.stdin:
+    start = time.perf_counter()  # untimed: after the rest, the first work runs on cold threads
+    while time.perf_counter() - start < warm:
+        loop(x).block_until_ready()
     print(json.dumps({"call": timed(once, inner) / inner, "loop": timed(loop, 1) / loop_n,
                       "f": timed(chain, 1) / chained}), flush=True)
 '''
@@ -103,7 +109,8 @@ def _start_jax_side(python, tmp, npz, inner):
         handle.write(JAX_SIDE)
     settings = json.dumps([RTOL, ATOL, LOOP, CHAINED, MAX_STEPS])
     return peers.PeerProcess(
-        "JAX", [python, script, npz, os.path.join(tmp, "jax_out.npz"), str(inner), settings],
+        "JAX", [python, script, npz, os.path.join(tmp, "jax_out.npz"), str(inner), settings,
+                str(WARM_SECONDS)],
         os.path.join(tmp, "jax_stderr.txt"))
 
 
@@ -195,7 +202,11 @@ def main(argv=None):
         f_samples = {"graph": [], "xla": [], "jax": []}  # f alone, per executor
         for round_index in range(args.repeats):
             order = list(variants.items())
-            for name, (once, loop) in order if round_index % 2 == 0 else order[::-1]:
+            order = order if round_index % 2 == 0 else order[::-1]
+            start = time.perf_counter()  # untimed: after the rest, the first work runs cold
+            while time.perf_counter() - start < WARM_SECONDS:
+                order[0][1][1](x)[0].numpy()
+            for name, (once, loop) in order:
                 samples[name]["call"].append(
                     _timed(lambda: once(x)[0].numpy(), args.inner) / args.inner)
                 samples[name]["loop"].append(_timed(lambda: loop(x)[0].numpy(), 1) / LOOP)

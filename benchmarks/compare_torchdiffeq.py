@@ -12,7 +12,9 @@ each of the ``--repeats`` rounds (>= 5 for the protocol) times one forward +
 backward step of every variant of ours (the order reversed every other
 round), of raw ``tfp.math.ode`` and then of torchdiffeq (adjoint and
 backprop), so the samples of the two sides alternate and share the machine's
-state; ``--settle`` seconds of rest separate the sides. Prints one table: the
+state; ``--settle`` seconds of rest separate the sides, and each side then runs
+one untimed step (after a rest a process runs about 2x slower for its first tens
+of milliseconds, TensorFlow's graph executor more than torch). Prints one table: the
 median over the rounds (ours with the defaults, ``jit_dynamics="auto"``, first,
 then with ``False`` and ``True``), the range of the samples, forward and
 backward NFE, and the ratio to torchdiffeq with the same gradient mode. Not
@@ -129,6 +131,7 @@ for gradient in ("adjoint", "backprop"):
                       "output_checksum": float(out.detach().abs().sum())}
 print(json.dumps(info), flush=True)
 for _ in sys.stdin:
+    steps["adjoint"]()  # untimed: after the rest, the first step runs on cold threads
     sample = {}
     for gradient, step in steps.items():
         start = time.perf_counter()
@@ -157,6 +160,7 @@ def compare(batch, args, tmp):
     samples.update({("torchdiffeq", g): [] for g in ("adjoint", "backprop")})
     for round_index in range(args.repeats):
         order = variants if round_index % 2 == 0 else variants[::-1]
+        order[0][2](x)[0].numpy()  # untimed: after the rest, the first step runs cold
         for label, gradient, step, _ in order:
             start = time.perf_counter()
             step(x)[0].numpy()
