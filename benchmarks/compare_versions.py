@@ -12,10 +12,12 @@ worker reports where ``keras_implicit`` came from, so an editable install of
 another tree cannot stand in). Both workers run in this interpreter, with its
 TensorFlow. The benchmarks both suites define (same module, class, method and
 parameters) run in alternating rounds: each ``time_`` benchmark is set up once
-per side, called once to warm up, then ``--calls`` timed calls per round for
-``--rounds`` rounds, the order of the sides swapped every other round; a
-``track_`` benchmark returns one value per round if its name holds ``ratio`` or
-``seconds`` (timings), else once. ``peakmem_`` benchmarks, and by default the
+per side, called untimed for at least 0.1 s per round (a process that waited while
+the other side ran is about 2x slower for its first tens of milliseconds), then
+``--calls`` timed calls per round for ``--rounds`` rounds, the order of the sides
+swapped every other round; a ``track_`` benchmark returns one value per round,
+after the same warm-up, if its name holds ``ratio`` or ``seconds`` (timings), else
+once. ``peakmem_`` benchmarks, and by default the
 modules that need a fresh process (``bench_compile_time``: a first call;
 ``bench_memory_scaling``: TensorFlow's allocator chosen at start), are left to
 asv, which runs each benchmark in a process of its own. Printed per benchmark: the
@@ -43,6 +45,10 @@ import time
 # A first call (bench_compile_time) and TensorFlow's allocator chosen before it starts
 # (bench_memory_scaling) need a fresh process per benchmark: asv gives them one.
 DEFAULT_BENCH = r"^(?!bench_compile_time|bench_memory_scaling)"
+# Untimed calls before each round's timed ones: a process that waited while the other
+# side ran is about 2x slower for its first tens of milliseconds (a 4 ms graph loop
+# right after 0.2 s of sleep: 16.7 against 8.5 us per iteration).
+WARM_SECONDS = 0.1
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
@@ -92,9 +98,13 @@ class _Worker:
                     return {"skipped": True}
             self.key, self.instance, self.values = key, instance, values
         function = getattr(self.instance, method)
+        if _repeated(method):  # warm: after waiting for the other side, a process runs
+            start = time.perf_counter()  # ~2x slower for its first tens of milliseconds
+            function(*values)
+            while time.perf_counter() - start < WARM_SECONDS:
+                function(*values)
         if method.startswith("track_"):
             return {"samples": [function(*values)]}
-        function(*values)
         samples = []
         for _ in range(calls):
             start = time.perf_counter()
@@ -140,6 +150,8 @@ def _checkout(ref, tmp):
 
 
 def _repeated(method):
+    """Whether ``method`` is timed (warmed up and sampled every round): ``time_``, and
+    ``track_`` benchmarks that return a time or a ratio of times."""
     return method.startswith("time_") or "ratio" in method or "seconds" in method
 
 
