@@ -19,11 +19,12 @@ taken after warm-up, alternating between the two processes (each waits while
 the other runs, ``--settle`` seconds of rest between them, then 0.1 s of
 untimed solves on the side about to be timed: after a rest a process runs
 about 2x slower for its first tens of milliseconds, TensorFlow's graph executor
-more than XLA; our variants' order reversed every other round): per call, one solve as its own compiled call (mean of
-``--inner`` calls); loop, 20 dependent solves (each output is the next input)
-inside ONE compiled call (``tf.while_loop`` in a ``tf.function``;
-``jax.lax.fori_loop`` in ``jax.jit``) / 20, the one that matters inside a
-training step; f, one evaluation inside a compiled loop of chained ones.
+more than XLA; our variants' order reversed every other round): per call, one
+solve as its own compiled call (mean of ``--inner`` calls); loop, 20 dependent
+solves (each output is the next input) inside ONE compiled call
+(``tf.while_loop`` in a ``tf.function``; ``jax.lax.fori_loop`` in ``jax.jit``) /
+20, the one that matters inside a training step; f, one evaluation inside a
+compiled loop of chained ones.
 Ours runs the defaults first (``jit_dynamics="auto"``: for this dynamics the
 whole solve compiled by XLA), then ``jit_dynamics=False`` (TensorFlow's graph),
 ``jit_dynamics=True`` (f in XLA, the solver loop in the graph) and the whole
