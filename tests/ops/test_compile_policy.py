@@ -1,6 +1,7 @@
 """jit_dynamics="auto" | True | False: the same numbers on every path, the path it chose,
 and a clean fallback for dynamics XLA cannot compile."""
 
+import collections
 import warnings
 
 import keras
@@ -221,7 +222,7 @@ def test_a_compiled_function_returns_its_scalars_of_one_dtype_as_one_output():
     values and dtypes come back unchanged, per trace (two signatures, two layouts)."""
     from keras_implicit.ops import jit
 
-    Pair = __import__("collections").namedtuple("Pair", ["state", "stats"])
+    Pair = collections.namedtuple("Pair", ["state", "stats"])
 
     def fn(y, scale):
         n = tf.shape(y, out_type=tf.int32)[0]
