@@ -160,7 +160,8 @@ class ConcatConv2D(keras.layers.Layer):
             filters, kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate,
             activation=activation, use_bias=use_bias, kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer, kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer, dtype=self.dtype_policy, name="conv",
+            bias_regularizer=bias_regularizer, data_format="channels_last",
+            dtype=self.dtype_policy, name="conv",
         )
 
     def build(self, input_shape):

@@ -121,3 +121,20 @@ def test_concat_conv_with_unknown_spatial_size_and_its_gradient():
         down = loss()
         kernel.assign(base)
         np.testing.assert_allclose(grad[index], (up - down) / 2e-6, rtol=1e-6, atol=1e-9)
+
+
+def test_concat_conv_is_channels_last_whatever_the_global_image_format():
+    """The documented layout, (batch, height, width, channels), also when Keras' global
+    image_data_format is channels_first (the time channel had been appended along the
+    width there)."""
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        layer = ki.layers.ConcatConv2D(4, 3, activation="tanh", dtype="float64")
+        x = np.random.RandomState(4).randn(2, 5, 6, 3)
+        out = layer(x, t=0.3).numpy()
+        assert out.shape == layer.compute_output_shape(x.shape) == (2, 5, 6, 4)
+        np.testing.assert_allclose(out, _reference_concat_conv(layer, x, 0.3), rtol=1e-12,
+                                   atol=1e-12)
+    finally:
+        keras.config.set_image_data_format(previous)
