@@ -1,4 +1,5 @@
-"""XLA compilation of a solver's pieces, and the probe that decides whether it compiles.
+"""Which pieces of a solve XLA compiles (the plans), and the probe that decides whether they
+compile (``xla_function.compile_whole`` compiles them).
 
 XLA fuses the many small ops of a typical Keras dynamics or cell (GroupNorm,
 concatenations, activations) into a few kernels. Whether a function compiles
@@ -19,6 +20,7 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
 from keras_implicit import validation
+from keras_implicit.ops.xla_function import compile_whole
 from keras_implicit.solvers import state as state_ops
 
 JIT_CHOICES = ("auto", True, False)
@@ -215,60 +217,6 @@ def _trace_once(fn):
     return tf.function(fn, autograph=False, reduce_retracing=True)
 
 
-def _jit(fn):
-    """``fn`` as one XLA program (a ``tf.function(jit_compile=True)``).
-
-    Its scalar outputs of one dtype leave the program as one vector, unstacked
-    outside: each output of a compiled call costs TensorFlow about 1.3 us per
-    call, and a compiled solve returns six scalars (its statistics and final
-    time and step), so a small dense solve called in a loop paid 7 us of its
-    78 us for them (measured on 2 CPU cores: a compiled call with seven
-    outputs took 21.6 us, with two 14.7 us). Unused statistics are then never
-    unstacked.
-    """
-    def traced(*args, **kwargs):
-        with state_ops.tracing_for_xla():
-            result = fn(*args, **kwargs)
-        kept, vectors, layout = _pack_scalars(result)
-        tf.compat.v1.get_default_graph()._keras_implicit_layout = layout
-        return kept, vectors
-
-    compiled = tf.function(traced, jit_compile=True, autograph=False)
-
-    def call(*args, **kwargs):
-        concrete = compiled.get_concrete_function(*args, **kwargs)
-        kept, vectors = concrete(*args, **kwargs)
-        return _unpack_scalars(concrete.graph._keras_implicit_layout, kept, vectors)
-
-    return call
-
-
-def _pack_scalars(result):
-    """``(kept, vectors, layout)``: the leaves of ``result`` with every group of two or
-    more scalar tensors of one dtype stacked into a vector (``vectors``, one per group),
-    and how ``_unpack_scalars`` restores ``result``'s structure."""
-    leaves = tf.nest.flatten(result)
-    groups = collections.defaultdict(list)
-    for index, leaf in enumerate(leaves):
-        if isinstance(leaf, tf.Tensor) and leaf.shape.rank == 0:
-            groups[leaf.dtype].append(index)
-    packed = [indices for indices in groups.values() if len(indices) > 1]
-    slots = {index: (group, position) for group, indices in enumerate(packed)
-             for position, index in enumerate(indices)}
-    kept = [leaf for index, leaf in enumerate(leaves) if index not in slots]
-    vectors = [tf.stack([leaves[i] for i in indices]) for indices in packed]
-    return kept, vectors, (result, len(leaves), slots)
-
-
-def _unpack_scalars(layout, kept, vectors):
-    structure, count, slots = layout
-    scalars = [tf.unstack(v) for v in vectors]
-    kept = iter(kept)
-    leaves = [scalars[slots[i][0]][slots[i][1]] if i in slots else next(kept)
-              for i in range(count)]
-    return tf.nest.pack_sequence_as(structure, leaves)
-
-
 _TAPE_REASON = "a tape through compiled trial steps costs more than it saves"
 
 
@@ -313,7 +261,7 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
     if jit_dynamics is False:
         return ODEPlan("none", _trace_once, None, None, None)
     if jit_dynamics is True:
-        return ODEPlan("dynamics", _jit, None, None, None)
+        return ODEPlan("dynamics", compile_whole, None, None, None)
     if tf.executing_eagerly():
         return ODEPlan("none", _trace_once, None, None, "eager call: nothing to amortize")
     if not solver.differentiable:
@@ -334,12 +282,12 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
         if nodes is not None and compiles_parts(nodes):
             return ODEPlan("none", _trace_once, None, None,
                            "convolutions, and the dynamics compiles its other parts itself")
-        return ODEPlan("dynamics", _jit, None, None, "convolutions")
+        return ODEPlan("dynamics", compile_whole, None, None, "convolutions")
     if taped:
         return ODEPlan("none", _trace_once, None, None, _TAPE_REASON)
     if not dense and static_times:
-        return ODEPlan("solve", None, None, _jit, "no convolutions")
-    return ODEPlan("step", None, _jit, None,
+        return ODEPlan("solve", None, None, compile_whole, "no convolutions")
+    return ODEPlan("step", None, compile_whole, None,
                    "no convolutions; dense output or output times of unknown number")
 
 
@@ -356,7 +304,7 @@ class FixedPointPlan(collections.namedtuple(
 
     @classmethod
     def of(cls, kind, reason=None):
-        wrappers = {name: (_jit if name.startswith(kind) else None)
+        wrappers = {name: (compile_whole if name.startswith(kind) else None)
                     for name in ("cell_wrapper", "step_wrapper", "iteration_wrapper",
                                  "solve_wrapper")}
         return cls(kind, reason=reason, **wrappers)

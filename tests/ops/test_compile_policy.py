@@ -220,7 +220,7 @@ def test_a_compiled_function_returns_its_scalars_of_one_dtype_as_one_output():
     """Each output of a compiled call costs TensorFlow's executor about a microsecond, so
     the compiled solve's statistics leave XLA as one vector per dtype; the structure,
     values and dtypes come back unchanged, per trace (two signatures, two layouts)."""
-    from keras_implicit.ops import jit
+    from keras_implicit.ops.xla_function import compile_whole
 
     Pair = collections.namedtuple("Pair", ["state", "stats"])
 
@@ -230,7 +230,7 @@ def test_a_compiled_function_returns_its_scalars_of_one_dtype_as_one_output():
                  "one": tf.constant(1, tf.int64), "none": None}
         return Pair([y * scale, tf.reduce_min(y)], stats)
 
-    compiled = jit._jit(fn)
+    compiled = compile_whole(fn)
 
     @tf.function
     def run(y):
