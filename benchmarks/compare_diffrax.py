@@ -46,7 +46,6 @@ import tempfile
 import time
 
 BATCH, FEATURES, RTOL, ATOL, LOOP, CHAINED, MAX_STEPS = 32, 64, 1e-3, 1e-3, 20, 500, 10_000
-WARM_SECONDS = 0.1
 
 JAX_SIDE = r'''
 import json, sys, time
@@ -111,7 +110,7 @@ def _start_jax_side(python, tmp, npz, inner):
     settings = json.dumps([RTOL, ATOL, LOOP, CHAINED, MAX_STEPS])
     return peers.PeerProcess(
         "JAX", [python, script, npz, os.path.join(tmp, "jax_out.npz"), str(inner), settings,
-                str(WARM_SECONDS)],
+                str(peers.WARM_SECONDS)],
         os.path.join(tmp, "jax_stderr.txt"))
 
 
@@ -204,9 +203,7 @@ def main(argv=None):
         for round_index in range(args.repeats):
             order = list(variants.items())
             order = order if round_index % 2 == 0 else order[::-1]
-            start = time.perf_counter()  # untimed: after the rest, the first work runs cold
-            while time.perf_counter() - start < WARM_SECONDS:
-                order[0][1][1](x)[0].numpy()
+            peers.warm_up(lambda: order[0][1][1](x)[0].numpy())  # after the rest
             for name, (once, loop) in order:
                 samples[name]["call"].append(
                     _timed(lambda: once(x)[0].numpy(), args.inner) / args.inner)

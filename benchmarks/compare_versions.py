@@ -45,10 +45,6 @@ import time
 # A first call (bench_compile_time) and TensorFlow's allocator chosen before it starts
 # (bench_memory_scaling) need a fresh process per benchmark: asv gives them one.
 DEFAULT_BENCH = r"^(?!bench_compile_time|bench_memory_scaling)"
-# Untimed calls before each round's timed ones: a process that waited while the other
-# side ran is about 2x slower for its first tens of milliseconds (a 4 ms graph loop
-# right after 0.2 s of sleep: 16.7 against 8.5 us per iteration).
-WARM_SECONDS = 0.1
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
@@ -98,11 +94,10 @@ class _Worker:
                     return {"skipped": True}
             self.key, self.instance, self.values = key, instance, values
         function = getattr(self.instance, method)
-        if _repeated(method):  # warm: after waiting for the other side, a process runs
-            start = time.perf_counter()  # ~2x slower for its first tens of milliseconds
-            function(*values)
-            while time.perf_counter() - start < WARM_SECONDS:
-                function(*values)
+        if _repeated(method):  # after waiting for the other side
+            import peers  # the harness's own (this script's directory), on both sides
+
+            peers.warm_up(lambda: function(*values))
         if method.startswith("track_"):
             return {"samples": [function(*values)]}
         samples = []

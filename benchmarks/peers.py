@@ -55,6 +55,23 @@ class PeerProcess:
         self.stderr.close()
 
 
+#: Untimed work before a side's timed samples: a process that waited while the other side
+#: ran is about 2x slower for its first tens of milliseconds (a 4 ms graph loop right after
+#: 0.2 s of sleep: 16.7 against 8.5 us per iteration; TensorFlow's graph executor suffers
+#: more than XLA).
+WARM_SECONDS = 0.1
+
+
+def warm_up(call, seconds=WARM_SECONDS):
+    """Runs ``call()`` untimed, at least once and until ``seconds`` have passed."""
+    import time
+
+    start = time.perf_counter()
+    call()
+    while time.perf_counter() - start < seconds:
+        call()
+
+
 def write_json(path, data):
     """``data`` as indented JSON at ``path``, written atomically (a file of the user's is
     whole or untouched)."""
