@@ -58,13 +58,24 @@ def call_dynamics(layer, state, t, time_dependent=None):
     return out if compute == dtype else ops.cast(out, dtype)
 
 
+def _scalar_time(t, dtype):
+    """``t`` as a scalar tensor of ``dtype``; one time for the whole batch, as every
+    solver passes it (a ``(batch,)`` time would broadcast against the wrong axis)."""
+    # convert_to_tensor with a dtype keeps Python floats at full precision in float64.
+    t = ops.convert_to_tensor(t, dtype=dtype)
+    rank = t.shape.rank if hasattr(t.shape, "rank") else len(t.shape)
+    if rank not in (None, 0):
+        raise ValueError(f"`t` must be a scalar: the ODE's time, one value for the whole "
+                         f"batch. Received: t with shape {tuple(t.shape)}")
+    return t
+
+
 def _time_column(inputs, t):
     """``t`` broadcast to ``inputs``' shape with one feature/channel."""
     like = inputs[..., :1]
     if t is None:
         return ops.zeros_like(like)
-    # convert_to_tensor with a dtype keeps Python floats at full precision in float64.
-    return ops.ones_like(like) * ops.convert_to_tensor(t, dtype=inputs.dtype)
+    return ops.ones_like(like) * _scalar_time(t, inputs.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -182,7 +193,7 @@ class ConcatConv2D(keras.layers.Layer):
         out = ops.conv(inputs, kernel_x, **arguments)
         if t is not None:
             time_map = _time_map(inputs, kernel_t, conv.kernel_size, arguments)
-            out = out + time_map * ops.convert_to_tensor(t, dtype=inputs.dtype)
+            out = out + time_map * _scalar_time(t, inputs.dtype)
         if conv.use_bias:
             out = out + conv.bias
         return out if conv.activation is None else conv.activation(out)

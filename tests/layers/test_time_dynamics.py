@@ -53,6 +53,18 @@ def test_bad_sizes(cls, kwargs, match):
         cls(**kwargs)
 
 
+@pytest.mark.parametrize("layer,shape", [
+    (lambda: ki.layers.ConcatDense(4), (2, 3)),
+    (lambda: ki.layers.ConcatConv2D(4, 3), (2, 5, 5, 3)),
+])
+@pytest.mark.parametrize("t", [[0.1, 0.2], [[0.5]]])
+def test_a_time_that_is_not_a_scalar_is_refused_by_name(layer, shape, t):
+    # A (batch,) time broadcast against the channels (or failed deep in an op) before.
+    x = np.zeros(shape, "float32")
+    with pytest.raises(ValueError, match=r"`t` must be a scalar.*Received: t with shape \("):
+        layer()(x, t=np.asarray(t, "float32"))
+
+
 def _reference_concat_conv(layer, x, t):
     """The definition: a convolution of the input with ``t`` appended as a channel."""
     import tensorflow as tf
