@@ -90,21 +90,24 @@ def _reference_concat_conv(layer, x, t):
 def test_concat_conv_matches_a_convolution_of_the_concatenated_input(
         size, kernel_size, strides, padding, dilation_rate):
     """ConcatConv2D splits its kernel (state channels, time channel) instead of
-    concatenating: float64, every padding, stride, dilation and even kernel, against the
-    convolution of [x, t]; t=None is t=0."""
-    layer = ki.layers.ConcatConv2D(4, kernel_size, strides=strides, padding=padding,
-                                   dilation_rate=dilation_rate, activation="tanh",
-                                   bias_initializer="glorot_uniform", dtype="float64")
+    concatenating: float64, every padding, stride, dilation and even kernel, with and
+    without a bias, against the convolution of [x, t]; t=None is t=0."""
     x = np.random.RandomState(2).randn(2, *size, 3)
-    for t in (None, 0.0, 0.37, -2.5):
-        np.testing.assert_allclose(layer(x, t=t).numpy(), _reference_concat_conv(layer, x, t),
-                                   rtol=1e-12, atol=1e-12)
+    for use_bias in (True, False):
+        layer = ki.layers.ConcatConv2D(4, kernel_size, strides=strides, padding=padding,
+                                       dilation_rate=dilation_rate, activation="tanh",
+                                       use_bias=use_bias, bias_initializer="glorot_uniform",
+                                       dtype="float64")
+        for t in (None, 0.0, 0.37, -2.5):
+            np.testing.assert_allclose(layer(x, t=t).numpy(),
+                                       _reference_concat_conv(layer, x, t),
+                                       rtol=1e-12, atol=1e-12, err_msg=f"{use_bias=}, {t=}")
 
 
 def test_concat_conv_with_unknown_spatial_size_and_its_gradient():
     """Unknown height and width (a tf.function with None dimensions) take the
-    convolution path for the time channel: the same values, and the kernel's gradient
-    against central differences (float64)."""
+    convolution path for the time channel: the same values, and the kernel's and the
+    bias's gradients against central differences (float64)."""
     import tensorflow as tf
 
     layer = ki.layers.ConcatConv2D(2, 3, activation="tanh", dtype="float64")
@@ -119,20 +122,25 @@ def test_concat_conv_with_unknown_spatial_size_and_its_gradient():
     def loss():
         return float(tf.reduce_sum(tf.sin(layer(x, t=0.6))))
 
+    kernel, bias = layer.conv.kernel, layer.conv.bias
     with tf.GradientTape() as tape:
         value = tf.reduce_sum(tf.sin(layer(x, t=0.6)))
-    grad = tape.gradient(value, layer.conv.kernel).numpy()
-    kernel = layer.conv.kernel
-    base = kernel.numpy()
-    for index in [(0, 0, 0, 0), (1, 2, 1, 1), (2, 1, 2, 0), (0, 2, 2, 1)]:  # channel 2: time
+    grads = [g.numpy() for g in tape.gradient(value, [kernel, bias])]
+    # Kernel entries (input channel 2 is the time's) and both biases.
+    checks = [(kernel, grads[0], index)
+              for index in [(0, 0, 0, 0), (1, 2, 1, 1), (2, 1, 2, 0), (0, 2, 2, 1)]]
+    checks += [(bias, grads[1], (0,)), (bias, grads[1], (1,))]
+    for variable, grad, index in checks:
+        base = variable.numpy()
         step = np.zeros_like(base)
         step[index] = 1e-6
-        kernel.assign(base + step)
+        variable.assign(base + step)
         up = loss()
-        kernel.assign(base - step)
+        variable.assign(base - step)
         down = loss()
-        kernel.assign(base)
-        np.testing.assert_allclose(grad[index], (up - down) / 2e-6, rtol=1e-6, atol=1e-9)
+        variable.assign(base)
+        np.testing.assert_allclose(grad[index], (up - down) / 2e-6, rtol=1e-6, atol=1e-9,
+                                   err_msg=f"{variable.name}{index}")
 
 
 def test_concat_conv_is_channels_last_whatever_the_global_image_format():
