@@ -17,7 +17,6 @@ import re
 import warnings
 
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util
 
 from keras_implicit import validation
 from keras_implicit.ops.xla_function import compile_whole
@@ -32,10 +31,9 @@ def inside_xla():
     function ``plan_ode``/``plan_fixed_point`` compiles. A function that compiles
     a part of itself then runs that part plainly: XLA compiles it with the rest, and
     a compiled function nested in the adjoint's compiled dynamics crashed
-    TensorFlow 2.21 (a segmentation fault, or a hang)."""
-    if state_ops.in_xla():
-        return True
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    TensorFlow 2.21 (a segmentation fault, or a hang). The solvers ask the same
+    (``state.in_xla``)."""
+    return state_ops.in_xla()
 
 
 def check_jit(name, value):

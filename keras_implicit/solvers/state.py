@@ -5,6 +5,7 @@ import threading
 
 import ml_dtypes
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
 
 
 def cast_to(x, dtype):
@@ -108,5 +109,9 @@ def tracing_for_xla():
 
 
 def in_xla():
-    """Whether the code being traced will be compiled by XLA (``tracing_for_xla``)."""
-    return getattr(_XLA, "depth", 0) > 0
+    """Whether the code being traced now will be compiled by XLA: marked by
+    ``tracing_for_xla`` (what ``ops.jit`` compiles), or inside a
+    ``tf.function(jit_compile=True)`` (Keras' ``jit_compile=True`` too)."""
+    if getattr(_XLA, "depth", 0) > 0:
+        return True
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
