@@ -168,6 +168,35 @@ def test_nfe_accounting_of_dopri5():
     assert stats.backward_nfe is None
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("solver", ["dopri5", "bosh3"])
+@pytest.mark.parametrize("gradient", ["backprop", "adjoint"])
+def test_rejected_steps_keep_the_state_and_its_gradient(gradient, solver, jit_compile):
+    """A rejected step keeps the state and its derivative, forward and in the gradient:
+    in TensorFlow's graph the loop takes one or the other by a cond, under XLA by a
+    select. y' = a y from a first step longer than the interval (rejected), against
+    y(t) = y0 exp(a t) and its derivatives, float64."""
+    a = tf.Variable(-4.0, dtype=tf.float64)
+    y0 = tf.constant([1.0, 2.0], tf.float64)
+
+    @tf.function(jit_compile=jit_compile)
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch(y0)
+            result = ki.ops.odeint(lambda t, y: a * y, y0, [0.0, 0.5], solver=solver,
+                                   first_step=1.0, rtol=1e-10, atol=1e-10, gradient=gradient,
+                                   jit_dynamics=False)
+            loss = tf.reduce_sum(result.states[-1])
+        return result.states[-1], tape.gradient(loss, [y0, a]), result.stats.rejected_steps
+
+    final, (grad_y0, grad_a), rejected = run()
+    assert int(rejected) > 0
+    decay = np.exp(-4.0 * 0.5)
+    np.testing.assert_allclose(final, [decay, 2 * decay], rtol=1e-8)
+    np.testing.assert_allclose(grad_y0, [decay, decay], rtol=1e-8)
+    np.testing.assert_allclose(grad_a, 0.5 * 3.0 * decay, rtol=1e-7)
+
+
 def test_float32_state():
     problem = LinearODE(dim=2, dtype=tf.float32)
     result = ki.ops.odeint(problem.fn, problem.y0, [0.0, 1.0], rtol=1e-5, atol=1e-5)
