@@ -63,8 +63,7 @@ def _scalar_time(t, dtype):
     solver passes it (a ``(batch,)`` time would broadcast against the wrong axis)."""
     # convert_to_tensor with a dtype keeps Python floats at full precision in float64.
     t = ops.convert_to_tensor(t, dtype=dtype)
-    rank = t.shape.rank if hasattr(t.shape, "rank") else len(t.shape)
-    if rank not in (None, 0):
+    if t.shape.rank not in (None, 0):
         raise ValueError(f"`t` must be a scalar: the ODE's time, one value for the whole "
                          f"batch. Received: t with shape {tuple(t.shape)}")
     return t

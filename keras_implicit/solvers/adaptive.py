@@ -311,16 +311,7 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
                             lambda: [tf.identity(v) for v in f_new])
             nfe += tf.cast(restart, tf.int32)
             new["jump_index"] = index + tf.cast(restart, tf.int32)
-        # Keep the state or take the new one: in TensorFlow's graph a cond, which forwards
-        # one of them where a select copies the state and its gradient copies it twice
-        # (backprop through the ODE block 2-4% faster); inside XLA a select, which XLA
-        # fuses (a conditional made the compiled small dense solve 4% slower).
-        if state_ops.in_xla():
-            new["y"] = [tf.where(accept, b, a) for a, b in zip(y, y_new)]
-            new["f"] = [tf.where(accept, b, a) for a, b in zip(f, f_new)]
-        else:
-            new["y"], new["f"] = tf.cond(accept, lambda: (list(y_new), list(f_new)),
-                                         lambda: (list(y), list(f)))
+        new["y"], new["f"] = state_ops.choose(accept, (y_new, f_new), (y, f))
         new["t"] = tf.where(accept, t_new, t)
         new["controller"] = controller
         dt_next = h * factor

@@ -94,6 +94,20 @@ def all_finite(tensors):
     return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in tensors]))
 
 
+def choose(condition, if_true, if_false):
+    """``if_true`` if the scalar ``condition`` holds, else ``if_false`` (two structures of
+    tensors alike, e.g. a step's new and old states).
+
+    In TensorFlow's graph a cond, which forwards one of them, where a select copies the
+    state and its gradient copies it twice (backprop through the ODE block 2-4% faster);
+    inside XLA a select, which XLA fuses (a conditional made the compiled small dense
+    solve 4% slower).
+    """
+    if in_xla():
+        return tf.nest.map_structure(lambda a, b: tf.where(condition, a, b), if_true, if_false)
+    return tf.cond(condition, lambda: if_true, lambda: if_false)
+
+
 _XLA = threading.local()
 
 
