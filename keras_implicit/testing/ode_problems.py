@@ -33,8 +33,15 @@ class LinearODE:
     def exact(self, times, t0=None):
         times = tf.cast(times, self.dtype)
         t0 = times[0] if t0 is None else tf.cast(t0, self.dtype)
-        return tf.stack([tf.linalg.matvec(tf.linalg.expm(self.a * (t - t0)), self.y0)
-                         for t in tf.unstack(times)])
+        return self._propagate(times - t0)
+
+    def _propagate(self, spans):
+        """``expm(A s) y0`` for each ``s`` in ``spans``: one batched ``expm`` (a thousand
+        eager ones took 9 s), broadcast over the batch of ``y0``."""
+        matrices = tf.linalg.expm(self.a * spans[:, None, None])
+        dim = self.a.shape[-1]
+        matrices = tf.reshape(matrices, [-1] + [1] * (self.y0.shape.rank - 1) + [dim, dim])
+        return tf.linalg.matvec(matrices, self.y0)
 
 
 class TimeDependentLinearODE(LinearODE):
@@ -46,9 +53,7 @@ class TimeDependentLinearODE(LinearODE):
     def exact(self, times, t0=None):
         times = tf.cast(times, self.dtype)
         t0 = times[0] if t0 is None else tf.cast(t0, self.dtype)
-        return tf.stack([
-            tf.linalg.matvec(tf.linalg.expm(self.a * (tf.sin(t) - tf.sin(t0))), self.y0)
-            for t in tf.unstack(times)])
+        return self._propagate(tf.sin(times) - tf.sin(t0))
 
 
 class Logistic:
