@@ -1,7 +1,5 @@
 """Regression tests of the hostile probe's findings (issue 10): each reproduction, fixed."""
 
-import time
-
 import keras
 import numpy as np
 import pytest
@@ -86,11 +84,10 @@ def test_tfp_solvers_stop_soon_after_the_dynamics_turn_nan(solver):
     def fn(t, y):
         return tf.where(t > 0.5, tf.constant(np.nan, tf.float64), -y)
 
-    start = time.perf_counter()
     result = ki.ops.odeint(fn, tf.constant([1.0, 2.0], tf.float64), [0.0, 1.0], solver=solver,
                            on_failure="ignore")
-    assert time.perf_counter() - start < 60  # was still running after 110 s
     assert int(result.stats.status) == int(ki.ops.Status.NON_FINITE)
+    # It stops soon, counted in evaluations, not seconds (it had run on for minutes).
     assert int(result.stats.forward_nfe) < 500
     # TFP's step control locates the onset to about a step at atol = 1e-3.
     assert abs(float(result.stats.final_time) - 0.5) < 0.1
