@@ -126,18 +126,6 @@ def test_config_round_trip_and_keras_file(tmp_path):
     assert loaded_config["cell"]["config"] == config["cell"]["config"]
 
 
-def test_saved_model_export_and_tfsmlayer(tmp_path):
-    x, _ = data()
-    model = dense_model(tol=1e-6)
-    expected = model.predict(x, verbose=0)
-    path = os.path.join(tmp_path, "exported")
-    model.export(path, verbose=False)
-    reloaded = tf.saved_model.load(path)
-    np.testing.assert_allclose(reloaded.serve(tf.constant(x)).numpy(), expected, atol=1e-6)
-    layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
-    np.testing.assert_allclose(np.asarray(layer(tf.constant(x))), expected, atol=1e-6)
-
-
 def test_mirrored_strategy_matches_one_device(two_device_strategies):
     x, y = data(n=16, dtype="float64")
 

@@ -1,4 +1,5 @@
-"""NeuralODE: exact answers, the Keras contract, statistics and bad input."""
+"""NeuralODE: exact answers, Keras use, statistics and bad input (the `.keras` and SavedModel
+round trips of every solver and gradient: ``tests/test_layer_contract.py``)."""
 
 import numpy as np
 import pytest
@@ -117,31 +118,6 @@ def test_config_round_trip_gives_identical_outputs():
     clone.set_weights(layer.get_weights())
     assert clone.get_config() == config
     np.testing.assert_array_equal(clone(x), out)
-
-
-def test_keras_file_round_trip_with_safe_mode(tmp_path):
-    x, y = data()
-    model = make_model()
-    model.compile("adam", "mse")
-    model.fit(x, y, epochs=1, verbose=0)
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
-
-
-def test_savedmodel_export_reloads_with_tf_and_tfsmlayer(tmp_path):
-    x, _ = data()
-    model = make_model()
-    expected = model.predict(x, verbose=0)
-    path = str(tmp_path / "exported")
-    model.export(path, verbose=False)
-    restored = tf.saved_model.load(path)
-    # Grappler may fuse ops differently in the exported graph: float32 rounding, which
-    # can tip an adaptive step's acceptance, so differences stay far below rtol = 1e-3.
-    np.testing.assert_allclose(restored.serve(x).numpy(), expected, rtol=1e-4, atol=1e-5)
-    layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
-    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
