@@ -36,6 +36,7 @@ _check_backend()
 from keras_implicit import applications  # noqa: E402
 from keras_implicit import bijectors  # noqa: E402
 from keras_implicit import callbacks  # noqa: E402
+from keras_implicit import config  # noqa: E402
 from keras_implicit import datasets  # noqa: E402
 from keras_implicit import distribute  # noqa: E402
 from keras_implicit import layers  # noqa: E402

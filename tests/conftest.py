@@ -57,6 +57,23 @@ def two_device_strategies():
 
 
 @pytest.fixture(autouse=True)
+def _auto_jit_per_marker(request):
+    """``@pytest.mark.plain_graph`` (on a module or a test): ``"auto"`` compiles nothing
+    (``ki.config.disable_auto_jit``), which spares each traced solve its XLA compilation;
+    ``plain_graph(False)`` on a test of such a module keeps the defaults."""
+    import keras_implicit as ki
+
+    marker = request.node.get_closest_marker("plain_graph")
+    plain = marker is not None and (marker.args[0] if marker.args else True)
+    if plain:
+        ki.config.disable_auto_jit()
+    try:
+        yield
+    finally:
+        ki.config.enable_auto_jit()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_keras_state():
     import keras
 

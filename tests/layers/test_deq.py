@@ -12,6 +12,13 @@ import tensorflow as tf
 import keras_implicit as ki
 from keras_implicit.layers.deq_cells import DEQConvCell, DEQDenseCell
 
+# Numerics and Keras use, in TensorFlow's graph: "auto" compiles nothing here (conftest).
+# tests/ops/test_compile_policy.py and test_fixed_point_compile.py check that every path
+# gives these numbers; the layer contract, mixed precision, distribution and reliability
+# tests run the defaults.
+pytestmark = pytest.mark.plain_graph
+
+
 STATS = ["deq/iterations_forward", "deq/iterations_backward", "deq/residual", "deq/converged"]
 
 
@@ -126,6 +133,7 @@ def test_config_round_trip_and_keras_file(tmp_path):
     assert loaded_config["cell"]["config"] == config["cell"]["config"]
 
 
+@pytest.mark.plain_graph(False)  # the defaults under MirroredStrategy
 def test_mirrored_strategy_matches_one_device(two_device_strategies):
     x, y = data(n=16, dtype="float64")
 

@@ -9,6 +9,12 @@ import tensorflow as tf
 import keras
 import keras_implicit as ki
 
+# Numerics and Keras use, in TensorFlow's graph: "auto" compiles nothing here (conftest).
+# tests/ops/test_compile_policy.py and test_fixed_point_compile.py check that every path
+# gives these numbers; the layer contract, mixed precision, distribution and reliability
+# tests run the defaults.
+pytestmark = pytest.mark.plain_graph
+
 
 def make_model(solver="dopri5", gradient="adjoint", dtype="float32", **kwargs):
     return keras.Sequential([
@@ -156,6 +162,7 @@ def test_float64_model_trains_in_float64():
     assert model.get_layer("ode").dynamics.dense.kernel.dtype == "float64"
 
 
+@pytest.mark.plain_graph(False)  # the defaults under MirroredStrategy
 @pytest.mark.parametrize("solver,kwargs,tolerance", [
     ("rk4", {"num_steps": 4}, 1e-6), ("dopri5", {"rtol": 1e-7, "atol": 1e-7}, 1e-5),
 ])

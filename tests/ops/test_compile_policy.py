@@ -251,3 +251,42 @@ def test_a_compiled_function_returns_its_scalars_of_one_dtype_as_one_output():
         # The state, the int32 pair, the three float32 scalars; the int64 alone stays as
         # it is (a vector of one would cost a stack and an unstack).
         assert [len(op.outputs) for op in calls] == [4]
+
+
+def test_disable_auto_jit_runs_auto_in_the_graph_and_leaves_true_compiled():
+    """``ki.config.disable_auto_jit()``: every "auto" solve (ODE and fixed point) traced
+    afterwards runs as ``False`` does, with its numbers; ``True`` still compiles."""
+    layer = dense_dynamics()
+    y0 = tf.constant(np.random.RandomState(4).randn(3, 4))
+    weight = tf.constant(0.5 * np.random.RandomState(5).randn(4, 4) / 4)
+
+    def kinds_and_values(jit):
+        box = {}
+
+        @tf.function
+        def run():
+            ode = ki.ops.odeint(lambda t, y: layer(y, t=t), y0, [0.0, 1.0], jit_dynamics=jit)
+            fixed = ki.ops.fixed_point(lambda z, x: tf.tanh(z @ weight + x), y0,
+                                       tf.zeros_like(y0), tol=1e-10, jit_cell=jit)
+            box["kinds"] = (ode.stats.compiled, fixed.stats.compiled)
+            return ode.states[-1], fixed.z
+
+        return box, [v.numpy() for v in run()]
+
+    assert ki.config.is_auto_jit_enabled()
+    assert kinds_and_values("auto")[0]["kinds"] == ("solve", "solve")
+    reference = kinds_and_values(False)[1]
+    ki.config.disable_auto_jit()
+    try:
+        assert not ki.config.is_auto_jit_enabled()
+        box, values = kinds_and_values("auto")
+        assert box["kinds"] == ("none", "none")
+        for a, b in zip(reference, values):
+            np.testing.assert_array_equal(b, a)
+        assert kinds_and_values(True)[0]["kinds"] == ("dynamics", "cell")
+        layer_config = ki.layers.NeuralODE(ki.layers.ConcatDense(4)).get_config()
+        assert layer_config["jit_dynamics"] == "auto"  # configs keep it
+    finally:
+        ki.config.enable_auto_jit()
+    assert ki.config.is_auto_jit_enabled()
+    assert kinds_and_values("auto")[0]["kinds"] == ("solve", "solve")

@@ -10,6 +10,13 @@ import tensorflow as tf
 import keras_implicit as ki
 from keras_implicit.ops import FixedPointWarning
 
+# Numerics and Keras use, in TensorFlow's graph: "auto" compiles nothing here (conftest).
+# tests/ops/test_compile_policy.py and test_fixed_point_compile.py check that every path
+# gives these numbers; the layer contract, mixed precision, distribution and reliability
+# tests run the defaults.
+pytestmark = pytest.mark.plain_graph
+
+
 SOLVERS = ["picard", "anderson", "broyden"]
 
 

@@ -36,6 +36,13 @@ from hypothesis import strategies as st
 
 import keras_implicit as ki
 
+# Numerics and Keras use, in TensorFlow's graph: "auto" compiles nothing here (conftest).
+# tests/ops/test_compile_policy.py and test_fixed_point_compile.py check that every path
+# gives these numbers; the layer contract, mixed precision, distribution and reliability
+# tests run the defaults.
+pytestmark = pytest.mark.plain_graph
+
+
 C_ADAPTIVE = 20.0
 
 STRATEGIES = [("dopri5", "adjoint"), ("dopri5", "backprop"), ("dopri5", "checkpointed"),
