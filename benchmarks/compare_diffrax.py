@@ -23,8 +23,9 @@ more than XLA; our variants' order reversed every other round): per call, one
 solve as its own compiled call (mean of ``--inner`` calls); loop, 20 dependent
 solves (each output is the next input) inside ONE compiled call
 (``tf.while_loop`` in a ``tf.function``; ``jax.lax.fori_loop`` in ``jax.jit``) /
-20, the one that matters inside a training step; f, one evaluation inside a
-compiled loop of chained ones.
+20, the one that matters inside a training step (each side's timed loop runs the
+solves alone; ours counts their NFE in a separate, untimed loop, as diffrax's callback
+does); f, one evaluation inside a compiled loop of chained ones.
 Ours runs the defaults first (``jit_dynamics="auto"``: for this dynamics the
 whole solve compiled by XLA), then ``jit_dynamics=False`` (TensorFlow's graph),
 ``jit_dynamics=True`` (f in XLA, the solver loop in the graph) and the whole
@@ -115,7 +116,8 @@ def _start_jax_side(python, tmp, npz, inner):
 
 
 def tensorflow_side(npz_path):
-    """The layer, its input, ``{variant: (once, loop)}`` and ``{executor: chained f}``."""
+    """The layer, its input, ``{variant: (once, loop, counted loop)}`` and
+    ``{executor: chained f}``."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -136,13 +138,18 @@ def tensorflow_side(npz_path):
         return result.states[-1], result.stats.forward_nfe
 
     def compiled(jit_dynamics, jit_compile):
-        def loop(y):  # returns the last state and the NFE of all solves
+        def counted_loop(y):  # the last state and the NFE of all solves (untimed)
             def body(i, y, nfe):
                 y, n = solve(y, jit_dynamics)
                 return i + 1, y, nfe + n
             return tf.while_loop(lambda i, y, nfe: i < LOOP, body, (0, y, 0))[1:]
+
+        def loop(y):  # timed: the solves alone, as on the JAX side
+            return tf.while_loop(lambda i, y: i < LOOP,
+                                 lambda i, y: (i + 1, solve(y, jit_dynamics)[0]), (0, y))[1]
         return (tf.function(lambda y: solve(y, jit_dynamics), jit_compile=jit_compile),
-                tf.function(loop, jit_compile=jit_compile))
+                tf.function(loop, jit_compile=jit_compile),
+                tf.function(counted_loop, jit_compile=jit_compile))
 
     def chain(jit_compile):
         t = tf.constant(0.5)
@@ -190,24 +197,24 @@ def main(argv=None):
         npz = os.path.join(tmp, "weights.npz")
         layer, x, variants, chains = tensorflow_side(npz)
         start = time.perf_counter()
-        results = {name: (once(x), loop(x)) for name, (once, loop) in variants.items()}
+        results = {name: (once(x), counted(x)) for name, (once, _, counted) in variants.items()}
         first_calls = time.perf_counter() - start
         jax_side = _start_jax_side(args.jax_python, tmp, npz, args.inner)
         info = jax_side.info
         jax_out = dict(np.load(os.path.join(tmp, "jax_out.npz")))
         # Warm up again once all exist: building other functions slows a traced one's next call.
-        for fn in [f for pair in variants.values() for f in pair] + list(chains.values()):
+        for fn in [f for fns in variants.values() for f in fns[:2]] + list(chains.values()):
             fn(x)
         samples = {name: {"call": [], "loop": []} for name in list(variants) + ["diffrax"]}
         f_samples = {"graph": [], "xla": [], "jax": []}  # f alone, per executor
         for round_index in range(args.repeats):
             order = list(variants.items())
             order = order if round_index % 2 == 0 else order[::-1]
-            peers.warm_up(lambda: order[0][1][1](x)[0].numpy())  # after the rest
-            for name, (once, loop) in order:
+            peers.warm_up(lambda: order[0][1][1](x).numpy())  # after the rest
+            for name, (once, loop, _) in order:
                 samples[name]["call"].append(
                     _timed(lambda: once(x)[0].numpy(), args.inner) / args.inner)
-                samples[name]["loop"].append(_timed(lambda: loop(x)[0].numpy(), 1) / LOOP)
+                samples[name]["loop"].append(_timed(lambda: loop(x).numpy(), 1) / LOOP)
             for executor, chained in chains.items():
                 f_samples[executor].append(_timed(lambda: chained(x).numpy(), 1) / CHAINED)
             time.sleep(args.settle)
