@@ -27,6 +27,8 @@ def test_public_api_names():
     for name in ("NeuralODE", "ConcatDense", "ConcatConv2D"):
         assert hasattr(ki.layers, name), name
     assert hasattr(ki.callbacks, "SolverStats")
+    assert set(ki.config.__all__) == {"disable_auto_jit", "enable_auto_jit",
+                                      "is_auto_jit_enabled"}
     assert set(ki.solvers.ODE_SOLVERS) >= {"dopri5", "bosh3", "bdf", "tfp_dopri5", "rk4",
                                            "midpoint", "euler"}
 
