@@ -60,7 +60,12 @@ def two_device_strategies():
 def _auto_jit_per_marker(request):
     """``@pytest.mark.plain_graph`` (on a module or a test): ``"auto"`` compiles nothing
     (``ki.config.disable_auto_jit``), which spares each traced solve its XLA compilation;
-    ``plain_graph(False)`` on a test of such a module keeps the defaults."""
+    ``plain_graph(False)`` on a test of such a module keeps the defaults.
+
+    The modules whose subject is numerics or Keras use carry it;
+    ``tests/ops/test_compile_policy.py`` and ``test_fixed_point_compile.py`` check that
+    every path gives the same numbers, and the layer contract, mixed-precision,
+    distribution, reliability and README tests run the defaults."""
     import keras_implicit as ki
 
     marker = request.node.get_closest_marker("plain_graph")

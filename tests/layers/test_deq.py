@@ -12,11 +12,7 @@ import tensorflow as tf
 import keras_implicit as ki
 from keras_implicit.layers.deq_cells import DEQConvCell, DEQDenseCell
 
-# Numerics and Keras use, in TensorFlow's graph: "auto" compiles nothing here (conftest).
-# tests/ops/test_compile_policy.py and test_fixed_point_compile.py check that every path
-# gives these numbers; the layer contract, mixed precision, distribution and reliability
-# tests run the defaults.
-pytestmark = pytest.mark.plain_graph
+pytestmark = pytest.mark.plain_graph  # numerics in TensorFlow's graph (tests/conftest.py)
 
 
 STATS = ["deq/iterations_forward", "deq/iterations_backward", "deq/residual", "deq/converged"]

@@ -11,11 +11,7 @@ from scipy.special import logsumexp
 import keras_implicit as ki
 from keras_implicit.datasets.toy2d import EIGHT_GAUSSIANS_STD, eight_gaussians_centers
 
-# Numerics and Keras use, in TensorFlow's graph: "auto" compiles nothing here (conftest).
-# tests/ops/test_compile_policy.py and test_fixed_point_compile.py check that every path
-# gives these numbers; the layer contract, mixed precision, distribution and reliability
-# tests run the defaults.
-pytestmark = pytest.mark.plain_graph
+pytestmark = pytest.mark.plain_graph  # numerics in TensorFlow's graph (tests/conftest.py)
 
 
 # Fixed-grid RK4 keeps the compiled graphs small; the numerics of adaptive solves are

@@ -7,11 +7,7 @@ import tensorflow as tf
 import keras
 import keras_implicit as ki
 
-# Numerics and Keras use, in TensorFlow's graph: "auto" compiles nothing here (conftest).
-# tests/ops/test_compile_policy.py and test_fixed_point_compile.py check that every path
-# gives these numbers; the layer contract, mixed precision, distribution and reliability
-# tests run the defaults.
-pytestmark = pytest.mark.plain_graph
+pytestmark = pytest.mark.plain_graph  # numerics in TensorFlow's graph (tests/conftest.py)
 
 
 TIMES = tf.constant([0.0, 0.4, 1.0], tf.float64)

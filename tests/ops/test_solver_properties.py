@@ -36,11 +36,7 @@ from hypothesis import strategies as st
 
 import keras_implicit as ki
 
-# Numerics and Keras use, in TensorFlow's graph: "auto" compiles nothing here (conftest).
-# tests/ops/test_compile_policy.py and test_fixed_point_compile.py check that every path
-# gives these numbers; the layer contract, mixed precision, distribution and reliability
-# tests run the defaults.
-pytestmark = pytest.mark.plain_graph
+pytestmark = pytest.mark.plain_graph  # numerics in TensorFlow's graph (tests/conftest.py)
 
 
 C_ADAPTIVE = 20.0

@@ -12,11 +12,7 @@ from keras_implicit.solvers.anderson import Anderson
 from keras_implicit.solvers.broyden import Broyden
 from keras_implicit.solvers.picard import Picard
 
-# Numerics and Keras use, in TensorFlow's graph: "auto" compiles nothing here (conftest).
-# tests/ops/test_compile_policy.py and test_fixed_point_compile.py check that every path
-# gives these numbers; the layer contract, mixed precision, distribution and reliability
-# tests run the defaults.
-pytestmark = pytest.mark.plain_graph
+pytestmark = pytest.mark.plain_graph  # numerics in TensorFlow's graph (tests/conftest.py)
 
 
 SOLVERS = ["picard", "anderson", "broyden"]
