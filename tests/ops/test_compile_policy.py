@@ -32,7 +32,9 @@ def block_dynamics():
 
 
 def solve_and_grad(layer, y0, jit, dynamics=None, tolerance=1e-9, **kwargs):
+    """``([states, dL/dy0, dL/dweights...], the path the solve took)``, traced."""
     dynamics = dynamics or (lambda t, y: layer(y, t=t))
+    box = {}
 
     @tf.function
     def run():
@@ -41,11 +43,12 @@ def solve_and_grad(layer, y0, jit, dynamics=None, tolerance=1e-9, **kwargs):
             result = ki.ops.odeint(dynamics, y0, [0.0, 0.4, 1.0], rtol=tolerance,
                                    atol=tolerance, jit_dynamics=jit, **kwargs)
             loss = tf.reduce_sum(result.states ** 2)
+        box["compiled"] = result.stats.compiled
         grads = tape.gradient(loss, [y0] + layer.trainable_variables)
         return [result.states] + grads
 
     values = [x.numpy() for x in run()]
-    return values, run
+    return values, box["compiled"]
 
 
 # Every solver of ours with every gradient strategy (TFP's solvers are never compiled).
@@ -58,11 +61,36 @@ CASES = [(solver, gradient, {"num_steps": 6} if solver in ("euler", "midpoint", 
 def test_every_path_gives_the_same_states_and_gradients(solver, gradient, kwargs):
     layer = dense_dynamics()
     y0 = tf.constant(np.random.RandomState(0).randn(3, 4))
-    reference, _ = solve_and_grad(layer, y0, False, solver=solver, gradient=gradient, **kwargs)
-    for jit in ("auto", True):
-        values, _ = solve_and_grad(layer, y0, jit, solver=solver, gradient=gradient, **kwargs)
+    reference, path = solve_and_grad(layer, y0, False, solver=solver, gradient=gradient,
+                                     **kwargs)
+    assert path == "none"
+    # Under a taped gradient "auto" decides on the plain graph, False's own program
+    # (test_auto_reports_the_path_it_chose): only the adjoint's "auto" is another path.
+    paths = {"auto": "solve", True: "dynamics"}
+    for jit in ("auto", True) if gradient == "adjoint" else (True,):
+        values, path = solve_and_grad(layer, y0, jit, solver=solver, gradient=gradient,
+                                      **kwargs)
+        assert path == paths[jit]
         for a, b in zip(reference, values):
             np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=str(jit))
+
+
+@pytest.mark.parametrize("options", [
+    {"step_control": ki.solvers.PIDController(pcoeff=0.2, icoeff=0.7, max_step=0.3)},
+    {"step_control": ki.solvers.IController(jump_times=[0.5])},
+    {"gradient": ki.ops.Adjoint(rtol=1e-10, atol=1e-10, normalize=True)},
+], ids=["pid", "jump_times", "adjoint_options"])
+def test_controllers_and_adjoint_options_give_the_same_numbers_compiled_whole(options):
+    """What the layer contract's cases of these options leave to this module: the solve
+    that "auto" compiles whole runs their step control and backward options as the
+    plain graph does."""
+    layer = dense_dynamics()
+    y0 = tf.constant(np.random.RandomState(5).randn(3, 4))
+    reference, _ = solve_and_grad(layer, y0, False, **options)
+    values, path = solve_and_grad(layer, y0, "auto", **options)
+    assert path == "solve"
+    for a, b in zip(reference, values):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("gradient", ["adjoint", "backprop"])
@@ -182,24 +210,29 @@ def test_a_taped_gradient_on_dense_dynamics_decides_without_probing(gradient):
         one = tf.cast(tf.strings.length(tf.strings.as_string(t)) > 0, y.dtype)
         return layer(y * one, t=t)
 
-    y0 = tf.constant(np.random.RandomState(3).randn(3, 4))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        values, _ = solve_and_grad(layer, y0, "auto", dynamics, gradient=gradient)
-    reference, _ = solve_and_grad(layer, y0, False, dynamics, gradient=gradient)
-    for a, b in zip(reference, values):
-        np.testing.assert_allclose(b, a, rtol=1e-12)
-    conv = conv_dynamics()
     box = {}
 
-    @tf.function
-    def run(y):
-        result = ki.ops.odeint(lambda t, s: conv(s, t=t), y, [0.0, 1.0], gradient=gradient)
-        box["compiled"] = result.stats.compiled
-        return result.states
+    def traced_plan(fn, shape):
+        @tf.function
+        def run(y):
+            with tf.GradientTape() as tape:
+                tape.watch(y)
+                result = ki.ops.odeint(fn, y, [0.0, 1.0], gradient=gradient)
+                loss = tf.reduce_sum(result.states ** 2)
+            box["compiled"] = result.stats.compiled
+            return result.states, tape.gradient(loss, y)
 
-    run.get_concrete_function(tf.TensorSpec((2, 3, 3, 2), tf.float64))  # the plan is traced
-    assert box["compiled"] == "dynamics"
+        run.get_concrete_function(tf.TensorSpec(shape, tf.float64))  # the plan is traced
+        return box["compiled"], run
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled, run = traced_plan(dynamics, (3, 4))
+        assert compiled == "none"  # False's program: the string op runs as it is
+        states, grad = run(tf.constant(np.random.RandomState(3).randn(3, 4)))
+    assert np.all(np.isfinite(states)) and np.all(np.isfinite(grad))
+    conv = conv_dynamics()
+    assert traced_plan(lambda t, s: conv(s, t=t), (2, 3, 3, 2))[0] == "dynamics"
 
 
 def test_the_layer_keeps_auto_in_its_config_and_reports_the_path(tmp_path):
