@@ -62,10 +62,13 @@ def _auto_jit_per_marker(request):
     (``ki.config.disable_auto_jit``), which spares each traced solve its XLA compilation;
     ``plain_graph(False)`` on a test of such a module keeps the defaults.
 
-    The modules whose subject is numerics or Keras use carry it;
-    ``tests/ops/test_compile_policy.py`` and ``test_fixed_point_compile.py`` check that
-    every path gives the same numbers, and the layer contract, mixed-precision,
-    distribution, reliability and README tests run the defaults."""
+    The modules whose subject is numerics, Keras use, checkpoints or files carry it, and
+    so do the layer contract's cases whose compiled solve is compared with the graph's
+    elsewhere. ``tests/ops/test_compile_policy.py`` and ``test_fixed_point_compile.py``
+    check that every path gives the same numbers; the contract's focused cases, the
+    mixed-precision numerics and README example, the strategies' tests of NeuralODE and
+    DEQ, the two-worker cluster, and the reliability, events and README tests run the
+    defaults."""
     import keras_implicit as ki
 
     marker = request.node.get_closest_marker("plain_graph")

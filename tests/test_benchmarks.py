@@ -19,6 +19,9 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.plain_graph  # each benchmark runs, untimed; the paths' numbers:
+# tests/ops/test_compile_policy.py (tests/conftest.py)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICK_VARIABLE = "KERAS_IMPLICIT_BENCH_QUICK"
 PREFIXES = ("time_", "timeraw_", "peakmem_", "mem_", "track_")

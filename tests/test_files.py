@@ -11,6 +11,8 @@ import tensorflow as tf
 import keras_implicit as ki
 from keras_implicit import files
 
+pytestmark = pytest.mark.plain_graph  # what is written, and how (tests/conftest.py)
+
 
 class Interrupted(Exception):
     pass

@@ -75,8 +75,22 @@ ODE_CASES = {
 TRAINED = {"dopri5_adjoint", "bosh3_backprop", "dopri5_checkpointed", "rk4_adjoint",
            "euler_checkpointed", "tfp_dopri5", "adjoint_options", "custom_solver_class"}
 
+# The cases that keep jit "auto" (the whole solve compiled: adaptive, fixed grid, a user's
+# solver class; the DEQ's Anderson solve), with the building blocks and float64 below. The
+# others run in TensorFlow's graph (tests/conftest.py): under a taped gradient or a TFP
+# solver "auto" is that graph anyway, and the compiled solve's numbers with each step
+# controller, adjoint option and fixed-point solver are compared with the graph's in
+# tests/ops/test_compile_policy.py and test_fixed_point_compile.py.
+ODE_DEFAULTS = {"dopri5_adjoint", "rk4_adjoint", "custom_solver_class"}
+DEQ_DEFAULTS = {"anderson_implicit"}
 
-@pytest.mark.parametrize("name", sorted(ODE_CASES))
+
+def cases(names, defaults):
+    return [pytest.param(name, marks=() if name in defaults else pytest.mark.plain_graph)
+            for name in sorted(names)]
+
+
+@pytest.mark.parametrize("name", cases(ODE_CASES, ODE_DEFAULTS))
 def test_neural_ode_with_every_solver_controller_and_gradient(name):
     options = ODE_CASES[name]
     model = run_layer_contract(lambda: ki.layers.NeuralODE(dense_dynamics(), **options), (3,),
@@ -107,7 +121,7 @@ DEQ_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(DEQ_CASES))
+@pytest.mark.parametrize("name", cases(DEQ_CASES, DEQ_DEFAULTS))
 def test_deq_with_every_solver_and_gradient(name):
     options = DEQ_CASES[name]
     run_layer_contract(lambda: ki.layers.DEQ(ki.layers.DEQDenseCell(), state_shape=(4,),

@@ -10,6 +10,9 @@ import tensorflow as tf
 import keras_implicit as ki
 import training_cases
 
+pytestmark = pytest.mark.plain_graph  # checkpoints and refusals; the defaults under the
+# strategy: tests/layers/test_neural_ode.py, test_deq.py and the cluster (tests/conftest.py)
+
 
 def keras_fit_on_one_device(name, strategy):
     keras.utils.set_random_seed(0)

@@ -14,6 +14,9 @@ import pytest
 
 import training_cases
 
+pytestmark = pytest.mark.plain_graph  # the defaults under the strategy: tests/layers/
+# test_neural_ode.py, test_deq.py and the two-worker cluster (tests/conftest.py)
+
 
 def train_with_fit(name, strategy):
     keras.utils.set_random_seed(0)

@@ -16,6 +16,8 @@ import tensorflow as tf
 import keras_implicit as ki
 import precision_cases as pc
 
+pytestmark = pytest.mark.plain_graph  # warnings and checked arguments (tests/conftest.py)
+
 EPS_TEXT = {"mixed_float16": "0.000977", "mixed_bfloat16": "0.00781"}
 
 

@@ -13,6 +13,9 @@ import pytest
 import keras_implicit as ki
 import precision_cases as pc
 
+pytestmark = pytest.mark.plain_graph  # fit under both policies; "auto" under them: the
+# README example, test_mixed_layers.py and test_loss_scaling.py (tests/conftest.py)
+
 
 def _sequential(layer, features):
     return keras.Sequential([keras.Input((features,)), keras.layers.Dense(8), layer,
