@@ -78,9 +78,10 @@ TRAINED = {"dopri5_adjoint", "bosh3_backprop", "dopri5_checkpointed", "rk4_adjoi
 # The cases that keep jit "auto" (the whole solve compiled: adaptive, fixed grid, a user's
 # solver class; the DEQ's Anderson solve), with the building blocks and float64 below. The
 # others run in TensorFlow's graph (tests/conftest.py): under a taped gradient or a TFP
-# solver "auto" is that graph anyway, and the compiled solve's numbers with each step
-# controller, adjoint option and fixed-point solver are compared with the graph's in
-# tests/ops/test_compile_policy.py and test_fixed_point_compile.py.
+# solver "auto" is that graph anyway, and the compiled solve's numbers with another
+# tableau, each step controller, the adjoint's options and each fixed-point solver are
+# compared with the graph's in tests/ops/test_compile_policy.py and
+# test_fixed_point_compile.py.
 ODE_DEFAULTS = {"dopri5_adjoint", "rk4_adjoint", "custom_solver_class"}
 DEQ_DEFAULTS = {"anderson_implicit"}
 

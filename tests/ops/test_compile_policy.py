@@ -83,11 +83,13 @@ def test_every_path_gives_the_same_states_and_gradients(solver, gradient, kwargs
 def test_controllers_and_adjoint_options_give_the_same_numbers_compiled_whole(options):
     """What the layer contract's cases of these options leave to this module: the solve
     that "auto" compiles whole runs their step control and backward options as the
-    plain graph does."""
+    plain graph does. At tolerance 1e-5 an option dropped or changed moves the numbers by
+    about 1e6 times the bound (checked against the solve without it); the two paths agree
+    to 1e-4 of it."""
     layer = dense_dynamics()
     y0 = tf.constant(np.random.RandomState(5).randn(3, 4))
-    reference, _ = solve_and_grad(layer, y0, False, **options)
-    values, path = solve_and_grad(layer, y0, "auto", **options)
+    reference, _ = solve_and_grad(layer, y0, False, tolerance=1e-5, **options)
+    values, path = solve_and_grad(layer, y0, "auto", tolerance=1e-5, **options)
     assert path == "solve"
     for a, b in zip(reference, values):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
@@ -212,7 +214,7 @@ def test_a_taped_gradient_on_dense_dynamics_decides_without_probing(gradient):
 
     box = {}
 
-    def traced_plan(fn, shape):
+    def traced_plan(fn, shape, taped):
         @tf.function
         def run(y):
             with tf.GradientTape() as tape:
@@ -220,19 +222,19 @@ def test_a_taped_gradient_on_dense_dynamics_decides_without_probing(gradient):
                 result = ki.ops.odeint(fn, y, [0.0, 1.0], gradient=gradient)
                 loss = tf.reduce_sum(result.states ** 2)
             box["compiled"] = result.stats.compiled
-            return result.states, tape.gradient(loss, y)
+            return result.states, tape.gradient(loss, y) if taped else tf.zeros_like(y)
 
         run.get_concrete_function(tf.TensorSpec(shape, tf.float64))  # the plan is traced
         return box["compiled"], run
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        compiled, run = traced_plan(dynamics, (3, 4))
+        compiled, run = traced_plan(dynamics, (3, 4), taped=True)
         assert compiled == "none"  # False's program: the string op runs as it is
         states, grad = run(tf.constant(np.random.RandomState(3).randn(3, 4)))
     assert np.all(np.isfinite(states)) and np.all(np.isfinite(grad))
     conv = conv_dynamics()
-    assert traced_plan(lambda t, s: conv(s, t=t), (2, 3, 3, 2))[0] == "dynamics"
+    assert traced_plan(lambda t, s: conv(s, t=t), (2, 3, 3, 2), taped=False)[0] == "dynamics"
 
 
 def test_the_layer_keeps_auto_in_its_config_and_reports_the_path(tmp_path):
