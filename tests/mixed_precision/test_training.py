@@ -33,7 +33,7 @@ def _images(n=32, size=12, seed=0):
 def _neural_ode():
     x, y = pc.data(32)
     model = _sequential(ki.layers.NeuralODE(ki.layers.ConcatDense(8, activation="tanh"),
-                                            jit_dynamics=False, name="solver"), 4)
+                                            name="solver"), 4)
     model.compile(keras.optimizers.Adam(1e-2), "mse")
     return model, (x, y), {"batch_size": 16, "epochs": 4}, "nfe_forward"
 
@@ -47,8 +47,7 @@ def _deq():
 
 def _continuous_flow():
     x = np.random.default_rng(0).normal(size=(64, 2)).astype("float32") * [2.0, 0.5]
-    model = ki.models.ContinuousFlow(hidden_units=(8,), rtol=1e-2, atol=1e-2,
-                                     jit_dynamics=False)
+    model = ki.models.ContinuousFlow(hidden_units=(8,), rtol=1e-2, atol=1e-2)
     model.compile(optimizer=keras.optimizers.Adam(3e-2))
     return model, (x,), {"batch_size": 32, "epochs": 4}, "nfe_forward"
 
@@ -56,7 +55,7 @@ def _continuous_flow():
 def _latent_ode():
     data = ki.datasets.spirals(16, num_points=20, seed=0)
     x = {k: data[k] for k in ("observations", "times", "mask")}
-    model = ki.models.LatentODE(2, 2, 8, rtol=1e-2, atol=1e-2, jit_dynamics=False)
+    model = ki.models.LatentODE(2, 2, 8, rtol=1e-2, atol=1e-2)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     # Under mixed_float16 the first steps overflow Keras's initial loss scale (2**15 times
     # a reconstruction loss in the thousands) and are skipped: more steps than the others.
