@@ -67,7 +67,7 @@ def _auto_jit_per_marker(request):
     elsewhere. ``tests/ops/test_compile_policy.py`` and ``test_fixed_point_compile.py``
     check that every path gives the same numbers; the contract's focused cases, the
     mixed-precision numerics and README example, the strategies' tests of NeuralODE and
-    DEQ, the two-worker cluster, and the reliability, events and README tests run the
+    DEQ, the two-worker cluster, and the reliability, events, README and CLI tests run the
     defaults."""
     import keras_implicit as ki
 
