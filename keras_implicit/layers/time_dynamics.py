@@ -115,7 +115,23 @@ class ConcatDense(keras.layers.Layer):
         self.dense.build(tuple(input_shape[:-1]) + (input_shape[-1] + 1,))
 
     def call(self, inputs, t=None):
-        return self.dense(ops.concatenate([inputs, _time_column(inputs, t)], axis=-1))
+        dense = self.dense
+        if dense.quantization_mode is not None:  # a quantized Dense computes its own product
+            return dense(ops.concatenate([inputs, _time_column(inputs, t)], axis=-1))
+        # dense([x, t]) computed as x K_x + (t K_t + b), with K_x and K_t the kernel's rows
+        # for the features and for t (the weights stay one kernel, LoRA included): no
+        # concatenation, and a product over the state's own width.
+        kernel = dense.kernel
+        features = kernel.shape[0] - 1
+        out = ops.matmul(inputs, kernel[:features])
+        shift = None
+        if t is not None:
+            shift = kernel[features] * _scalar_time(t, inputs.dtype)
+        if dense.use_bias:
+            shift = dense.bias if shift is None else shift + dense.bias
+        if shift is not None:
+            out = out + shift
+        return out if dense.activation is None else dense.activation(out)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

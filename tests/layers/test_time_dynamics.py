@@ -1,4 +1,4 @@
-"""ConcatDense and ConcatConv2D: time as an input, shapes, config."""
+"""ConcatDense and ConcatConv2D: time as an input, shapes, config, against their definitions."""
 
 import numpy as np
 import pytest
@@ -20,13 +20,88 @@ def test_time_is_an_input(layer, shape):
     assert tuple(layer(x).shape) == layer.compute_output_shape(shape) == shape
 
 
-def test_concat_dense_matches_dense_on_concatenated_input():
-    layer = ki.layers.ConcatDense(2, use_bias=False, dtype="float64")
-    x = np.random.RandomState(1).randn(3, 4)
-    out = layer(x, t=0.7).numpy()
-    kernel = layer.dense.kernel.numpy()
-    expected = np.concatenate([x, np.full((3, 1), 0.7)], 1) @ kernel
-    np.testing.assert_allclose(out, expected, rtol=1e-12)
+def _reference_concat_dense(layer, x, t):
+    """The definition: the dense layer on the input with ``t`` appended as a feature."""
+    dense = layer.dense
+    column = np.full(x.shape[:-1] + (1,), 0.0 if t is None else t)
+    out = np.concatenate([x, column], -1) @ dense.kernel.numpy()
+    out = out + dense.bias.numpy() if dense.use_bias else out
+    return np.tanh(out) if dense.activation is keras.activations.tanh else out
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4)])
+def test_concat_dense_matches_dense_on_concatenated_input(shape):
+    """ConcatDense splits its kernel (the features' rows, the time's row) instead of
+    concatenating: float64, with and without a bias and an activation, inputs of rank 2
+    and 3, against the dense layer on [x, t]; t=None is t=0."""
+    x = np.random.RandomState(1).randn(*shape)
+    for use_bias in (True, False):
+        for activation in (None, "tanh"):
+            layer = ki.layers.ConcatDense(2, activation=activation, use_bias=use_bias,
+                                          bias_initializer="glorot_uniform", dtype="float64")
+            for t in (None, 0.0, 0.7, -2.5):
+                np.testing.assert_allclose(
+                    layer(x, t=t).numpy(), _reference_concat_dense(layer, x, t), rtol=1e-12,
+                    atol=1e-12, err_msg=f"{use_bias=}, {activation=}, {t=}")
+
+
+def test_concat_dense_gradients_match_central_differences():
+    """The kernel's rows (the time's row included), the bias, the input and t, in
+    float64, against central differences of the definition."""
+    import tensorflow as tf
+
+    layer = ki.layers.ConcatDense(3, activation="tanh", bias_initializer="glorot_uniform",
+                                  dtype="float64")
+    x = tf.Variable(np.random.RandomState(5).randn(2, 4))
+    t = tf.Variable(0.6, dtype=tf.float64)
+    layer.build(x.shape)
+
+    def loss():
+        return tf.reduce_sum(tf.sin(layer(x, t=t)))
+
+    kernel, bias = layer.dense.kernel, layer.dense.bias
+    with tf.GradientTape() as tape:
+        value = loss()
+    grads = [g.numpy() for g in tape.gradient(value, [kernel, bias, x, t])]
+    checks = [(kernel, grads[0], index) for index in [(0, 0), (3, 2), (4, 0), (4, 1)]]
+    checks += [(bias, grads[1], (1,)), (x, grads[2], (1, 3)), (t, grads[3], ())]
+    for variable, grad, index in checks:
+        base = variable.numpy()
+        step = np.zeros_like(base)
+        step[index] = 1e-6
+        variable.assign(base + step)
+        up = float(loss())
+        variable.assign(base - step)
+        down = float(loss())
+        variable.assign(base)
+        np.testing.assert_allclose(grad[index], (up - down) / 2e-6, rtol=1e-6, atol=1e-9,
+                                   err_msg=f"{variable.name}{index}")
+
+
+def test_concat_dense_keeps_lora_quantization_and_mixed_precision():
+    """The split reads the Dense's ``kernel``, so LoRA's update is in it; a quantized
+    Dense computes its own product on [x, t]; under mixed_float16 the result is float16
+    and agrees with the float32 definition to half precision."""
+    x = np.random.RandomState(6).randn(3, 4).astype("float32")
+    lora = ki.layers.ConcatDense(5, activation="tanh")
+    lora.build(x.shape)
+    lora.dense.enable_lora(2)
+    lora.dense.lora_kernel_b.assign(np.random.RandomState(7).randn(2, 5).astype("float32"))
+    assert not np.allclose(lora.dense.kernel.numpy(), lora.dense._kernel.numpy())
+    np.testing.assert_allclose(lora(x, t=0.3).numpy(), _reference_concat_dense(lora, x, 0.3),
+                               rtol=1e-5, atol=1e-6)
+
+    quantized = ki.layers.ConcatDense(5, activation="tanh")
+    quantized.build(x.shape)
+    quantized.dense.quantize("int8")
+    column = np.full((3, 1), 0.3, "float32")
+    np.testing.assert_array_equal(quantized(x, t=0.3).numpy(),
+                                  quantized.dense(np.concatenate([x, column], -1)).numpy())
+
+    mixed = ki.layers.ConcatDense(5, activation="tanh", dtype="mixed_float16")
+    out = mixed(x, t=0.3)
+    assert out.dtype == "float16"
+    np.testing.assert_allclose(out.numpy(), _reference_concat_dense(mixed, x, 0.3), atol=3e-3)
 
 
 @pytest.mark.parametrize("cls,kwargs,shape", [
