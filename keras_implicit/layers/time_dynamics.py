@@ -124,13 +124,8 @@ class ConcatDense(keras.layers.Layer):
         kernel = dense.kernel
         features = kernel.shape[0] - 1
         out = ops.matmul(inputs, kernel[:features])
-        shift = None
-        if t is not None:
-            shift = kernel[features] * _scalar_time(t, inputs.dtype)
-        if dense.use_bias:
-            shift = dense.bias if shift is None else shift + dense.bias
-        if shift is not None:
-            out = out + shift
+        time_share = None if t is None else kernel[features] * _scalar_time(t, inputs.dtype)
+        out = _add_shift(out, time_share, dense.bias if dense.use_bias else None)
         return out if dense.activation is None else dense.activation(out)
 
     def compute_output_shape(self, input_shape):
@@ -206,17 +201,10 @@ class ConcatConv2D(keras.layers.Layer):
         arguments = dict(strides=conv.strides, padding=conv.padding,
                          dilation_rate=conv.dilation_rate, data_format="channels_last")
         out = ops.conv(inputs, kernel_x, **arguments)
-        # The time's share and the bias are added to each other first, a (1, height, width,
-        # filters) sum, then to the convolution: one state-sized add and one state-sized
-        # reduction in its gradient, not two of each (backprop step 1-3% faster).
-        shift = None
-        if t is not None:
-            shift = (_time_map(inputs, kernel_t, conv.kernel_size, arguments)
-                     * _scalar_time(t, inputs.dtype))
-        if conv.use_bias:
-            shift = conv.bias if shift is None else shift + conv.bias
-        if shift is not None:
-            out = out + shift
+        time_share = None if t is None else (
+            _time_map(inputs, kernel_t, conv.kernel_size, arguments)
+            * _scalar_time(t, inputs.dtype))
+        out = _add_shift(out, time_share, conv.bias if conv.use_bias else None)
         return out if conv.activation is None else conv.activation(out)
 
     def compute_output_shape(self, input_shape):
@@ -228,6 +216,20 @@ class ConcatConv2D(keras.layers.Layer):
                 "kernel_initializer", "bias_initializer", "kernel_regularizer",
                 "bias_regularizer"]
         return {**super().get_config(), "filters": self.filters, **{k: conv[k] for k in keys}}
+
+
+def _add_shift(out, time_share, bias):
+    """``out + (time_share + bias)``, either term ``None`` when absent: the two terms, which
+    have no batch axis, are added to each other first and then to ``out``, so that the
+    state-sized add and its gradient's state-sized reduction happen once, not twice
+    (ConcatConv2D's backprop step 1-3% faster)."""
+    if time_share is None:
+        shift = bias
+    elif bias is None:
+        shift = time_share
+    else:
+        shift = time_share + bias
+    return out if shift is None else out + shift
 
 
 def _time_map(inputs, kernel_t, kernel_size, arguments):
