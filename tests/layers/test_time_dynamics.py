@@ -45,6 +45,22 @@ def test_concat_dense_matches_dense_on_concatenated_input(shape):
                     atol=1e-12, err_msg=f"{use_bias=}, {activation=}, {t=}")
 
 
+def _assert_central_differences(loss, checks):
+    """Each ``(variable, grad, index)``: ``grad[index]`` against the central difference
+    of ``loss()`` (a float) with step 1e-6 in ``variable[index]`` (float64)."""
+    for variable, grad, index in checks:
+        base = variable.numpy()
+        step = np.zeros_like(base)
+        step[index] = 1e-6
+        variable.assign(base + step)
+        up = loss()
+        variable.assign(base - step)
+        down = loss()
+        variable.assign(base)
+        np.testing.assert_allclose(grad[index], (up - down) / 2e-6, rtol=1e-6, atol=1e-9,
+                                   err_msg=f"{variable.name}{index}")
+
+
 def test_concat_dense_gradients_match_central_differences():
     """The kernel's rows (the time's row included), the bias, the input and t, in
     float64, against central differences of the definition."""
@@ -65,17 +81,7 @@ def test_concat_dense_gradients_match_central_differences():
     grads = [g.numpy() for g in tape.gradient(value, [kernel, bias, x, t])]
     checks = [(kernel, grads[0], index) for index in [(0, 0), (3, 2), (4, 0), (4, 1)]]
     checks += [(bias, grads[1], (1,)), (x, grads[2], (1, 3)), (t, grads[3], ())]
-    for variable, grad, index in checks:
-        base = variable.numpy()
-        step = np.zeros_like(base)
-        step[index] = 1e-6
-        variable.assign(base + step)
-        up = float(loss())
-        variable.assign(base - step)
-        down = float(loss())
-        variable.assign(base)
-        np.testing.assert_allclose(grad[index], (up - down) / 2e-6, rtol=1e-6, atol=1e-9,
-                                   err_msg=f"{variable.name}{index}")
+    _assert_central_differences(lambda: float(loss()), checks)
 
 
 def test_concat_dense_keeps_lora_quantization_and_mixed_precision():
@@ -205,17 +211,7 @@ def test_concat_conv_with_unknown_spatial_size_and_its_gradient():
     checks = [(kernel, grads[0], index)
               for index in [(0, 0, 0, 0), (1, 2, 1, 1), (2, 1, 2, 0), (0, 2, 2, 1)]]
     checks += [(bias, grads[1], (0,)), (bias, grads[1], (1,))]
-    for variable, grad, index in checks:
-        base = variable.numpy()
-        step = np.zeros_like(base)
-        step[index] = 1e-6
-        variable.assign(base + step)
-        up = loss()
-        variable.assign(base - step)
-        down = loss()
-        variable.assign(base)
-        np.testing.assert_allclose(grad[index], (up - down) / 2e-6, rtol=1e-6, atol=1e-9,
-                                   err_msg=f"{variable.name}{index}")
+    _assert_central_differences(loss, checks)
 
 
 def test_concat_conv_is_channels_last_whatever_the_global_image_format():
