@@ -8,13 +8,26 @@ summed over the spatial axes first and the channels of a group are added
 afterwards, two passes (the variance of the centred values), as in Keras.
 
 With ``compiled=True`` the normalisation (and the ReLU that follows it, if
-asked) is one XLA function, forward and gradient, while the convolutions
-around it stay with TensorFlow's oneDNN kernels. On the ODE-Net's block (6x6x64,
-batch 64, 2 CPU cores) XLA's convolutions cost more than oneDNN's (one 3x3
-convolution's gradient 1.05 ms against 0.36 ms), and Keras' GroupNormalization
-in the graph more than both: one evaluation of the dynamics with its gradient
-took 6.2 ms with Keras' layers, 5.0 ms compiled whole by XLA, 3.7 ms with this
-reduction in the graph and 3.3 ms with it compiled (measured 2026-12-01).
+asked) is one XLA function and its gradient another, while the convolutions
+around it stay with TensorFlow's oneDNN kernels. On the ODE-Net's block
+(6x6x64, batch 64, 2 CPU cores) XLA's convolutions cost more than oneDNN's
+(one 3x3 convolution's gradient 1.05 ms against 0.36 ms), and Keras'
+GroupNormalization in the graph more than both: one evaluation of the dynamics
+with its gradient took 6.2 ms with Keras' layers, 5.0 ms compiled whole by
+XLA, 3.7 ms with this reduction in the graph and 3.3 ms with it compiled
+(measured 2026-12-01).
+
+The compiled gradient is the closed form from the input and each group's mean
+and 1/std, which the forward program returns beside its output. A gradient
+through a solver's loop stores, at every call, what the gradient reads: these
+instead of the 11-12 intermediates TensorFlow would export from the forward
+program, each one more accumulator in the loop's gradient. On the ODE block
+(batch 64) the backprop loop's accumulators fell from 305 to 257 and the first
+call of the training step (trace and first run, five fresh processes each,
+alternating) from 7.98 to 6.37 s with backprop and from 6.40 to 5.48 s with
+the adjoint, about 0.25 s of each from ``ops.jit.plan_ode`` no longer lowering
+such a block to HLO; the steps after it took the same time within the noise
+(measured 2026-12-02).
 """
 
 import keras
@@ -53,34 +66,101 @@ def group_norm(norm, x, relu=False, compiled=False):
     return function(x, gamma, beta, groups=norm.groups, epsilon=float(norm.epsilon), relu=relu)
 
 
-def _normalize(x, gamma, beta, groups, epsilon, relu):
+class _Groups:
+    """Per-group means and their broadcast back to channels, for a channels-last ``x``."""
+
+    def __init__(self, x, groups):
+        self.groups, self.channels = groups, x.shape[-1]
+        self.size = self.channels // groups
+        self.axes = list(range(1, len(x.shape) - 1))
+        self.count = tf.cast(tf.reduce_prod(tf.shape(x)[1:-1]) * self.size, x.dtype)
+
+    def mean(self, v):  # (batch, ..., channels) -> (batch, groups): each group's mean
+        sums = tf.reduce_sum(v, self.axes)
+        return tf.reduce_sum(tf.reshape(sums, [-1, self.groups, self.size]), -1) / self.count
+
+    def per_channel(self, v):  # (batch, groups) -> (batch, 1, ..., 1, channels)
+        return tf.reshape(tf.repeat(v, self.size, axis=-1),
+                          [-1] + [1] * len(self.axes) + [self.channels])
+
+
+def _compute_dtype(dtype):
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def _normalize_with_statistics(x, gamma, beta, groups, epsilon, relu):
+    """``(out, mean, rstd)``: the normalised ``x`` and each group's mean and 1/std."""
     dtype = x.dtype
-    compute = tf.float64 if dtype == tf.float64 else tf.float32
-    x = tf.cast(x, compute)
-    channels = x.shape[-1]
-    size = channels // groups
-    axes = list(range(1, len(x.shape) - 1))
-    count = tf.cast(tf.reduce_prod(tf.shape(x)[1:-1]) * size, compute)
-
-    def per_group(v):  # (batch, channels) -> (batch, groups), summed over each group
-        return tf.reduce_sum(tf.reshape(v, [-1, groups, size]), -1)
-
-    def per_channel(v):  # (batch, groups) -> (batch, 1, ..., 1, channels)
-        return tf.reshape(tf.repeat(v, size, axis=-1), [-1] + [1] * len(axes) + [channels])
-
-    mean = per_group(tf.reduce_sum(x, axes)) / count
-    centered = x - per_channel(mean)
-    variance = per_group(tf.reduce_sum(tf.square(centered), axes)) / count
-    scale = per_channel(tf.math.rsqrt(variance + epsilon))
-    if gamma is not None:
-        scale = scale * gamma
-    out = centered * scale
-    if beta is not None:
-        out = out + beta
+    x = tf.cast(x, _compute_dtype(dtype))
+    by = _Groups(x, groups)
+    mean = by.mean(x)
+    centered = x - by.per_channel(mean)
+    rstd = tf.math.rsqrt(by.mean(tf.square(centered)) + epsilon)
+    out = _scale_and_shift(centered, by.per_channel(rstd), gamma, beta)
     if relu:
         out = tf.nn.relu(out)
-    return tf.cast(out, dtype)
+    return tf.cast(out, dtype), mean, rstd
 
 
-# Traced once per input signature and (groups, epsilon, relu); its gradient is compiled too.
-_compiled = tf.function(_normalize, jit_compile=True, autograph=False, reduce_retracing=False)
+def _scale_and_shift(centered, rstd, gamma, beta):
+    """``centered * rstd * gamma + beta`` (either weight ``None`` when absent), in one order
+    for the forward and for the gradient's ReLU mask."""
+    scale = rstd if gamma is None else rstd * gamma
+    out = centered * scale
+    return out if beta is None else out + beta
+
+
+def _normalize(x, gamma, beta, groups, epsilon, relu):
+    return _normalize_with_statistics(x, gamma, beta, groups, epsilon, relu)[0]
+
+
+def _normalize_gradient(x, gamma, beta, mean, rstd, upstream, groups, relu):
+    """The gradients for ``x`` and the given ones of ``gamma``, ``beta`` (the usual
+    closed form: ``rstd * (g - mean(g) - xhat * mean(g * xhat))`` per group, ``g`` the
+    upstream gradient times ``gamma``), from the forward's statistics."""
+    dtype = x.dtype
+    x = tf.cast(x, _compute_dtype(dtype))
+    by = _Groups(x, groups)
+    centered, rstd = x - by.per_channel(mean), by.per_channel(rstd)
+    xhat = centered * rstd
+    upstream = tf.cast(upstream, x.dtype)
+    if relu:  # where the forward's ReLU passed its input (computed as there)
+        passed = _scale_and_shift(centered, rstd, gamma, beta) > 0
+        upstream = tf.where(passed, upstream, tf.zeros_like(upstream))
+    channel_axes = [0] + by.axes
+    gradients = []
+    if gamma is not None:
+        gradients.append(tf.reduce_sum(upstream * xhat, channel_axes))
+    if beta is not None:
+        gradients.append(tf.reduce_sum(upstream, channel_axes))
+    g = upstream * gamma if gamma is not None else upstream
+    dx = rstd * (g - by.per_channel(by.mean(g)) - xhat * by.per_channel(by.mean(g * xhat)))
+    return [tf.cast(dx, dtype)] + gradients
+
+
+# Each traced once per input signature and (groups, epsilon, relu).
+_forward = tf.function(_normalize_with_statistics, jit_compile=True, autograph=False,
+                       reduce_retracing=False)
+_backward = tf.function(_normalize_gradient, jit_compile=True, autograph=False,
+                        reduce_retracing=False)
+
+
+def _compiled(x, gamma, beta, groups, epsilon, relu):
+    """``_normalize`` as one XLA program, its gradient as another that reads the input
+    and each group's two statistics only (the module docstring says why)."""
+    present = [v is not None for v in (gamma, beta)]
+
+    @tf.custom_gradient
+    def normalize(x, *weights):
+        given = iter(weights)
+        gamma_, beta_ = [next(given) if p else None for p in present]
+        out, mean, rstd = _forward(x, gamma_, beta_, groups=groups, epsilon=epsilon,
+                                   relu=relu)
+
+        def gradient(upstream):
+            return _backward(x, gamma_, beta_, mean, rstd, upstream, groups=groups,
+                             relu=relu)
+
+        return out, gradient
+
+    return normalize(x, *[v for v in (gamma, beta) if v is not None])
