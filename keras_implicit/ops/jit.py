@@ -244,6 +244,7 @@ def _trace_once(fn):
 
 
 _TAPE_REASON = "a tape through compiled trial steps costs more than it saves"
+_PARTS_REASON = "convolutions, and the dynamics compiles its other parts itself"
 
 
 def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
@@ -257,11 +258,13 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
     - after ``disable_auto_jit()``: ``"none"``;
     - eager calls, TFP's solvers, and dynamics XLA refuses (one warning naming
       the ops): ``"none"``;
-    - dynamics with convolutions (found in the HLO) that compile parts of
-      themselves with XLA (``layers.group_norm(..., compiled=True)``, as the
-      ODE-Net's blocks do): ``"none"``. Their author has compiled what XLA
-      runs well and left the convolutions to TensorFlow's oneDNN kernels,
-      whose gradients are about 3x faster than XLA's on CPU. On the MNIST ODE
+    - dynamics with convolutions that compile parts of themselves with XLA
+      (``layers.group_norm(..., compiled=True)``, as the ODE-Net's blocks do),
+      both seen in a plain trace: ``"none"``, decided before any probe (no
+      lowering to HLO, which took 0.25-0.29 s of the block's first call, and so
+      no fallback warning either). Their author has compiled what XLA runs well
+      and left the convolutions to TensorFlow's oneDNN kernels, whose
+      gradients are about 3x faster than XLA's on CPU. On the MNIST ODE
       block (batch 64) a training step took 114 ms this way against 126 ms
       with the dynamics compiled whole (adjoint), and 146 against 161 ms
       (backprop);
@@ -297,9 +300,12 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
         return ODEPlan("none", _trace_once, None, None, f"TFP's {solver.name!r}")
     args = (t, list(y0), list(params))
     taped = getattr(gradient, "name", None) != "adjoint"
-    nodes = traced_nodes(fn, *args) if taped else None
-    if nodes is not None and not convolves(nodes):  # no probe: nothing would compile
+    # A plain trace first: it decides two cases without lowering to HLO.
+    nodes = traced_nodes(fn, *args)
+    if nodes is not None and taped and not convolves(nodes):  # nothing would compile
         return ODEPlan("none", _trace_once, None, None, _TAPE_REASON)
+    if nodes is not None and convolves(nodes) and compiles_parts(nodes):
+        return ODEPlan("none", _trace_once, None, None, _PARTS_REASON)
     result = probe(fn, *args)
     if result.reason == UNINITIALIZED:  # the trace that follows decides
         return ODEPlan("none", _trace_once, None, None, result.reason)
@@ -307,10 +313,8 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
         warn_fallback("The dynamics (jit_dynamics='auto')", result.reason)
         return ODEPlan("none", _trace_once, None, None, result.reason)
     if "convolution(" in result.hlo:
-        nodes = traced_nodes(fn, *args) if nodes is None else nodes
-        if nodes is not None and compiles_parts(nodes):
-            return ODEPlan("none", _trace_once, None, None,
-                           "convolutions, and the dynamics compiles its other parts itself")
+        if nodes is not None and compiles_parts(nodes):  # a convolution op not listed
+            return ODEPlan("none", _trace_once, None, None, _PARTS_REASON)
         return ODEPlan("dynamics", compile_whole, None, None, "convolutions")
     if taped:
         return ODEPlan("none", _trace_once, None, None, _TAPE_REASON)
