@@ -76,7 +76,9 @@ class _Groups:
         self.count = tf.cast(tf.reduce_prod(tf.shape(x)[1:-1]) * self.size, x.dtype)
 
     def mean(self, v):  # (batch, ..., channels) -> (batch, groups): each group's mean
-        sums = tf.reduce_sum(v, self.axes)
+        return self.mean_of_sums(tf.reduce_sum(v, self.axes))
+
+    def mean_of_sums(self, sums):  # (batch, channels) of spatial sums -> (batch, groups)
         return tf.reduce_sum(tf.reshape(sums, [-1, self.groups, self.size]), -1) / self.count
 
     def per_channel(self, v):  # (batch, groups) -> (batch, 1, ..., 1, channels)
@@ -115,9 +117,11 @@ def _normalize(x, gamma, beta, groups, epsilon, relu):
 
 
 def _normalize_gradient(x, gamma, beta, mean, rstd, upstream, groups, relu):
-    """The gradients for ``x`` and the given ones of ``gamma``, ``beta`` (the usual
-    closed form: ``rstd * (g - mean(g) - xhat * mean(g * xhat))`` per group, ``g`` the
-    upstream gradient times ``gamma``), from the forward's statistics."""
+    """The gradients for ``x`` and the given ones of ``gamma``, ``beta``, from the
+    forward's statistics: with ``g`` the upstream gradient times ``gamma``, the usual
+    closed form ``rstd * (g - mean(g) - xhat * mean(g * xhat))`` per group. Both means,
+    and the weights' gradients, come from two per-channel spatial sums (one pass over
+    the state), then one more pass gives the input's gradient."""
     dtype = x.dtype
     x = tf.cast(x, _compute_dtype(dtype))
     by = _Groups(x, groups)
@@ -127,14 +131,18 @@ def _normalize_gradient(x, gamma, beta, mean, rstd, upstream, groups, relu):
     if relu:  # where the forward's ReLU passed its input (computed as there)
         passed = _scale_and_shift(centered, rstd, gamma, beta) > 0
         upstream = tf.where(passed, upstream, tf.zeros_like(upstream))
-    channel_axes = [0] + by.axes
+    sums = tf.reduce_sum(upstream, by.axes)  # (batch, channels)
+    sums_xhat = tf.reduce_sum(upstream * xhat, by.axes)
     gradients = []
     if gamma is not None:
-        gradients.append(tf.reduce_sum(upstream * xhat, channel_axes))
+        gradients.append(tf.reduce_sum(sums_xhat, 0))
     if beta is not None:
-        gradients.append(tf.reduce_sum(upstream, channel_axes))
-    g = upstream * gamma if gamma is not None else upstream
-    dx = rstd * (g - by.per_channel(by.mean(g)) - xhat * by.per_channel(by.mean(g * xhat)))
+        gradients.append(tf.reduce_sum(sums, 0))
+    g = upstream
+    if gamma is not None:
+        g, sums, sums_xhat = upstream * gamma, sums * gamma, sums_xhat * gamma
+    dx = rstd * (g - by.per_channel(by.mean_of_sums(sums))
+                 - xhat * by.per_channel(by.mean_of_sums(sums_xhat)))
     return [tf.cast(dx, dtype)] + gradients
 
 
