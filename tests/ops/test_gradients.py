@@ -198,6 +198,28 @@ def test_adjoint_with_and_without_seminorm_matches_backprop(seminorm):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("solver, kwargs", [("dopri5", {}), ("rk4", {"num_steps": 7})])
+def test_parameter_adjoints_as_one_vector_give_the_numbers_of_one_tensor_each(
+        monkeypatch, solver, kwargs):
+    """The backward solve carries ``params`` and the variables as one flat vector where
+    that changes no arithmetic (ops/adjoint.py); forced back to one tensor each, it gives
+    the same gradients to rounding."""
+    from keras_implicit.ops import adjoint
+
+    problem = Problem()
+    flat = problem.gradients("adjoint", solver=solver, **kwargs)
+    packing = adjoint._ParameterAdjoints.__init__
+
+    def one_tensor_each(self, *args):
+        packing(self, *args)
+        assert self.flat  # p and w: one dtype, static shapes
+        self.flat, self.num_tensors = False, len(self.shapes)
+
+    monkeypatch.setattr(adjoint._ParameterAdjoints, "__init__", one_tensor_each)
+    for a, b in zip(flat, problem.gradients("adjoint", solver=solver, **kwargs)):
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=0)
+
+
 def test_normalized_adjoint_does_not_depend_on_the_loss_scale():
     # The backward solve runs on a / rms(a): scaling the loss by 1e-6 must give the
     # same steps and the same gradient times 1e-6, and both must match backprop.
