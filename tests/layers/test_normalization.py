@@ -82,3 +82,33 @@ def test_compiled_group_norm_second_derivatives(relu):
 
     for ours, plain in zip(hessian_vector_products(True), hessian_vector_products(False)):
         np.testing.assert_allclose(ours, plain, rtol=0, atol=1e-12)
+
+
+def test_compiled_group_norm_in_a_loop_stores_only_what_its_gradient_reads():
+    """Backprop through a loop stores at every step each tensor the gradient reads from
+    the body: the compiled norm's input, its two statistics and its weights (5), where
+    the plain norm's gradient reads 11 (the compiled forward's own gradient had read its
+    intermediates; a ReLU flag captured by the gradient had added a sixth)."""
+    norm = keras.layers.GroupNormalization(2)
+    norm.build((None, 3, 3, 4))
+    x = tf.constant(np.random.default_rng(3).normal(size=(2, 3, 3, 4)), tf.float32)
+
+    def accumulators(compiled):
+        @tf.function
+        def gradients(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                _, y = tf.while_loop(
+                    lambda i, y: i < 3,
+                    lambda i, y: (i + 1, group_norm(norm, y, relu=True, compiled=compiled)),
+                    (0, x))
+                loss = tf.reduce_sum(y)
+            return tape.gradient(loss, [x, norm.gamma, norm.beta])
+
+        graph = gradients.get_concrete_function(x).graph.as_graph_def()
+        return sum(node.op == "TensorListPushBack"
+                   for function in graph.library.function for node in function.node_def)
+
+    compiled = accumulators(compiled=True)
+    assert compiled <= 5, compiled
+    assert accumulators(compiled=False) > compiled
