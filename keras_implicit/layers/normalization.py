@@ -21,13 +21,12 @@ The compiled gradient is the closed form from the input and each group's mean
 and 1/std, which the forward program returns beside its output. A gradient
 through a solver's loop stores, at every call, what the gradient reads: these
 instead of the 11-12 intermediates TensorFlow would export from the forward
-program, each one more accumulator in the loop's gradient. On the ODE block
-(batch 64) the backprop loop's accumulators fell from 305 to 257 and the first
-call of the training step (trace and first run, five fresh processes each,
-alternating) from 7.98 to 6.37 s with backprop and from 6.40 to 5.48 s with
-the adjoint, about 0.25 s of each from ``ops.jit.plan_ode`` no longer lowering
-such a block to HLO; the steps after it took the same time within the noise
-(measured 2026-12-02).
+program, each one more accumulator in the loop's gradient (on the ODE block
+with backprop, 305 accumulators became 257). One forward and one gradient
+program serve the norm with and without its ReLU (a boolean argument), each
+compiled once per input signature. Both cut the first call of the block's
+training step (CHANGELOG, README "Speed"); its steps took the same time within
+the noise (measured 2026-12-02).
 """
 
 import keras
