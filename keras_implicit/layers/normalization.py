@@ -58,7 +58,7 @@ def group_norm(norm, x, relu=False, compiled=False):
     if norm.axis not in (-1, len(x.shape) - 1):
         out = norm(x)
         return keras.ops.relu(out) if relu else out
-    compute = tf.float64 if x.dtype == tf.float64 else tf.float32
+    compute = _compute_dtype(x.dtype)
     gamma = tf.cast(norm.gamma, compute) if norm.scale else None
     beta = tf.cast(norm.beta, compute) if norm.center else None
     function = _compiled if compiled and not jit.inside_xla() else _normalize
