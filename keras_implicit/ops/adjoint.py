@@ -35,10 +35,8 @@ from keras_implicit.ops import failure
 from keras_implicit.ops import ode_gradients
 from keras_implicit.ops.ode_gradients import ODE_GRADIENTS, ODEGradient
 from keras_implicit.ops.stats import ODEStats
-from keras_implicit.solvers import adaptive
 from keras_implicit.solvers import base as solver_base
 from keras_implicit.solvers import events as events_lib
-from keras_implicit.solvers import fixed_grid
 from keras_implicit.solvers import state as state_ops
 from keras_implicit.solvers.status import Status
 
@@ -346,10 +344,10 @@ def _solve_backward(problem, adjoint, result, params, variables, grad_states, gr
 class _ParameterAdjoints:
     """How the backward solve carries the adjoints of ``theta`` (``params`` and variables):
     as one flat vector where that changes no number, else one tensor each. It changes
-    none where the solver is our Runge-Kutta (the same arithmetic on each element) and
-    no norm sees the parameters: a fixed grid, or adaptive steps under the seminorm (the
-    norm is the maximum of each state tensor's RMS, so one vector would weigh the
-    parameters differently without it). Each state tensor costs the adaptive step's
+    none where the solver is ``elementwise`` (our Runge-Kutta: the same arithmetic on each
+    element) and no norm sees the parameters: a fixed grid, or adaptive steps under the
+    seminorm (the norm is the maximum of each state tensor's RMS, so one vector would
+    weigh the parameters differently without it). Each state tensor costs the adaptive step's
     graph about 110 ops (every stage's combination, the error estimate, the
     accept/reject choice); the ODE-Net block has ten parameter tensors, and one vector
     cut its backward loop's body from 1458 to 486 ops."""
@@ -358,9 +356,9 @@ class _ParameterAdjoints:
         self.tensors = tensors
         self.shapes = [x.shape for x in tensors]
         self.dtypes = [x.dtype for x in tensors]
-        elementwise = (isinstance(solver, fixed_grid.FixedGridRungeKutta)
-                       or (isinstance(solver, adaptive.AdaptiveRungeKutta) and adjoint.seminorm))
-        self.flat = (elementwise and len(tensors) > 1 and len(set(self.dtypes)) == 1
+        unmeasured = not solver.adaptive or (solver.supports_error_mask and adjoint.seminorm)
+        self.flat = (solver.elementwise and unmeasured and len(tensors) > 1
+                     and len(set(self.dtypes)) == 1
                      and all(s.is_fully_defined() for s in self.shapes))
         self.sizes = [s.num_elements() for s in self.shapes] if self.flat else None
         self.num_tensors = 1 if self.flat else len(tensors)

@@ -59,6 +59,7 @@ class AdaptiveRungeKutta(base.ODESolver):
 
     adaptive = True
     differentiable = True
+    elementwise = True
     supports_error_mask = True
     supports_events = True
     supports_dense = True

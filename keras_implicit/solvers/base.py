@@ -99,6 +99,10 @@ class ODESolver(Configured):
             need it).
         supports_error_mask: whether step control can leave components out of
             the error norm (the adjoint seminorm of Kidger et al. 2021).
+        elementwise: whether the solver's arithmetic on each state tensor is the
+            same elementwise whatever the tensors' partition, apart from the error
+            norm (its step control's; an error mask can leave tensors out of it).
+            The adjoint then carries the parameter adjoints as one flat vector.
         supports_events, supports_dense, supports_step_control: whether
             ``integrate`` takes ``event_fn``, ``dense=True`` and a
             ``step_control``.
@@ -108,6 +112,7 @@ class ODESolver(Configured):
     adaptive = False
     differentiable = True
     supports_error_mask = False
+    elementwise = False
     supports_events = False
     supports_dense = False
     supports_step_control = False

@@ -43,6 +43,7 @@ class FixedGridRungeKutta(base.ODESolver):
 
     adaptive = False
     differentiable = True
+    elementwise = True
 
     def __init__(self, tableau):
         self.tableau = runge_kutta.get_tableau(tableau)
