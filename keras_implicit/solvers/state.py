@@ -24,13 +24,17 @@ def combine(y, dt, coefficients, derivatives):
 
     Each weight ``dt * c`` is a scalar product, so a term costs one state-sized
     multiply and one add (a Runge–Kutta step makes several such sums per stage).
+    A weight is computed once per dtype for all state tensors: the adjoint's
+    state has three or more, and each weight again cost its trace two ops.
     """
     terms = [(c, k) for c, k in zip(coefficients, derivatives) if c != 0.0]
+    weights = {}
 
     def weight(c, dtype):
-        if tf.is_tensor(dt):
-            return tf.cast(dt * cast_to(c, dt.dtype), dtype)
-        return cast_to(dt * c, dtype)
+        if (c, dtype) not in weights:
+            weights[c, dtype] = (tf.cast(dt * cast_to(c, dt.dtype), dtype) if tf.is_tensor(dt)
+                                 else cast_to(dt * c, dtype))
+        return weights[c, dtype]
 
     out = []
     for j in range(len(derivatives[0])):

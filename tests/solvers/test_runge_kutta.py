@@ -113,3 +113,31 @@ def test_combine_is_the_weighted_sum_for_tensor_and_python_step_sizes():
                              [1.0 / 3.0], [[tf.constant([3.0], tf.float16)]])[0]
     assert half.dtype == tf.float16
     np.testing.assert_allclose(float(half[0]), 1.001, rtol=1e-3)
+
+
+def test_combine_forms_each_weight_once_for_all_state_tensors():
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_implicit.solvers import state as state_ops
+
+    # Three state tensors (as the adjoint's), one of another dtype, and two equal
+    # coefficients: the values are each tensor's weighted sum in its own dtype.
+    y = [tf.constant([1.0, 2.0], tf.float64), tf.constant([[3.0]], tf.float64),
+         tf.constant([-1.0], tf.float32)]
+    ks = [[tf.constant([0.5, 0.25], tf.float64), tf.constant([[2.0]], tf.float64),
+           tf.constant([4.0], tf.float32)]] * 3
+    coefficients = [0.1, 0.1, -2.0]
+    dt = tf.constant(0.3, tf.float64)
+    out = state_ops.combine(y, dt, coefficients, ks)
+    for y_j, k_j, o in zip(y, ks[0], out):
+        assert o.dtype == y_j.dtype
+        np.testing.assert_allclose(o, y_j.numpy() + 0.3 * (0.1 + 0.1 - 2.0) * k_j.numpy(),
+                                   rtol=1e-6 if o.dtype == tf.float32 else 1e-15)
+
+    graph = tf.function(lambda dt: state_ops.combine(y[:2], dt, coefficients,
+                                                     [k[:2] for k in ks])
+                        ).get_concrete_function(tf.TensorSpec([], tf.float64)).graph
+    # Two distinct weights (0.1 and -2.0), then one multiply per term and tensor.
+    muls = [op for op in graph.get_operations() if op.type == "Mul"]
+    assert len(muls) == 2 + 3 * 2
