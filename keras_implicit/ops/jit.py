@@ -72,7 +72,7 @@ def check_jit(name, value):
         f"`{name}` must be 'auto', True or False. Received: {name}={value!r}")
 
 
-#: The reason ``probe`` gives for a function whose variables are not initialized yet.
+#: ``probe``'s reason for a function whose variables are not initialized yet.
 UNINITIALIZED = "the variables it reads are not initialized yet (a tf.function's first trace)"
 
 
@@ -85,17 +85,14 @@ class Probe(collections.namedtuple("Probe", ["ok", "reason", "hlo"])):
 
 def _static_spec(x):
     x = tf.convert_to_tensor(x) if not isinstance(x, tf.TensorSpec) else x
-    shape = [1 if d is None else d for d in x.shape.as_list()] if x.shape.rank is not None \
-        else None
-    if shape is None:
+    if x.shape.rank is None:
         raise ValueError("rank unknown")
-    return tf.TensorSpec(shape, x.dtype)
+    return tf.TensorSpec([1 if d is None else d for d in x.shape.as_list()], x.dtype)
 
 
 def _flat_traceable(fn, args):
-    """``(flat, specs)``: ``fn`` taking the flat leaves of ``args`` (the compiler-IR API
-    takes flat TensorSpecs only), and their static specs (unknown dimensions as 1).
-    Raises ``ValueError`` for an input of unknown rank."""
+    """``(flat, specs)``: ``fn`` on the flat leaves of ``args`` (as the compiler-IR API
+    takes them) and their static specs; ``ValueError`` for an input of unknown rank."""
     specs = [_static_spec(x) for x in tf.nest.flatten(args)]
 
     def flat(*leaves):
@@ -167,11 +164,12 @@ _CONVOLUTIONS = frozenset({"Conv", "Conv2D", "Conv3D", "DepthwiseConv2dNative",
 def traced_nodes(fn, *args):
     """The ops of ``fn(*args)`` traced plainly (the graph's and its functions'), or
     ``None`` when it cannot be traced on static specs (an unknown rank, or an error the
-    solve's own trace will report)."""
+    solve's own trace will report). A ``tf.function`` ``fn`` keeps the trace, which a
+    call with the same shapes then reuses."""
     try:
-        flat, specs = _flat_traceable(fn, args)
-        graph_def = tf.function(flat, autograph=False).get_concrete_function(
-            *specs).graph.as_graph_def()
+        traced = fn if hasattr(fn, "get_concrete_function") else tf.function(fn, autograph=False)
+        graph_def = traced.get_concrete_function(
+            *tf.nest.map_structure(_static_spec, args)).graph.as_graph_def()
     except Exception:  # the probe, or the solve's trace, says what is wrong
         return None
     nodes = list(graph_def.node)
@@ -217,11 +215,10 @@ def warn_fallback(what, reason):
 
 
 def check_jit_dynamics(jit_dynamics, solver):
-    """Validates ``jit_dynamics`` for ``solver`` (TFP's solvers refuse ``True``)."""
+    """Validates ``jit_dynamics`` for ``solver`` (TFP's solvers refuse ``True``: BDF's
+    Newton Jacobian re-enters a compiled dynamics per column, minutes instead of seconds)."""
     jit_dynamics = check_jit("jit_dynamics", jit_dynamics)
     if jit_dynamics is True and not solver.differentiable:
-        # TFP's BDF differentiates the dynamics itself (its Newton Jacobian), which
-        # re-enters the compiled function per column: minutes instead of seconds.
         raise ValueError(
             f"`jit_dynamics=True` works with the solvers 'dopri5', 'bosh3', 'rk4', "
             f"'midpoint' and 'euler', not with TFP's. Received: jit_dynamics=True, "
@@ -281,12 +278,10 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
       times of unknown number (XLA sizes the outputs statically: LatentODE's
       union of a batch's times): ``"step"``;
     - other dynamics under ``Backprop`` or ``Checkpointed``: ``"none"``, decided
-      from a plain trace before any probe (no fallback warning, no lowering). A
-      tape cannot leave a compiled loop, and a tape through compiled trial steps
-      cost more than it saved: a training step of a small dense dynamics
-      (ConcatDense 64, batch 32) took 2.7-3.0 ms with each trial step compiled
-      against 1.3 ms uncompiled (backprop) and 3.8-4.5 against 2.7-3.3 ms
-      (checkpointed); at 256 units and batch 256, 16 against 15 ms (backprop).
+      from a plain trace before any probe. A tape cannot leave a compiled loop,
+      and one through compiled trial steps cost more than it saved: a training
+      step of ConcatDense 64 at batch 32 took 2.7-3.0 ms so against 1.3 ms
+      (backprop), 3.8-4.5 against 2.7-3.3 ms (checkpointed).
     """
     if jit_dynamics is False:
         return ODEPlan("none", _trace_once, None, None, None)
@@ -300,24 +295,30 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
         return ODEPlan("none", _trace_once, None, None, f"TFP's {solver.name!r}")
     args = (t, list(y0), list(params))
     taped = getattr(gradient, "name", None) != "adjoint"
-    # A plain trace first: it decides two cases without lowering to HLO.
-    nodes = traced_nodes(fn, *args)
+    # A plain trace first: it decides two cases without lowering to HLO, and a solve in
+    # the graph reuses it (the ODE block's dynamics traced once less: 0.1 s).
+    traced = _trace_once(fn)
+    nodes = traced_nodes(traced, *args)
+
+    def plain(reason):
+        return ODEPlan("none", lambda g: traced if g is fn else _trace_once(g), None, None, reason)
+
     if nodes is not None and taped and not convolves(nodes):  # nothing would compile
-        return ODEPlan("none", _trace_once, None, None, _TAPE_REASON)
+        return plain(_TAPE_REASON)
     if nodes is not None and convolves(nodes) and compiles_parts(nodes):
-        return ODEPlan("none", _trace_once, None, None, _PARTS_REASON)
+        return plain(_PARTS_REASON)
     result = probe(fn, *args)
     if result.reason == UNINITIALIZED:  # the trace that follows decides
-        return ODEPlan("none", _trace_once, None, None, result.reason)
+        return plain(result.reason)
     if not result.ok:
         warn_fallback("The dynamics (jit_dynamics='auto')", result.reason)
-        return ODEPlan("none", _trace_once, None, None, result.reason)
+        return plain(result.reason)
     if "convolution(" in result.hlo:
         if nodes is not None and compiles_parts(nodes):  # a convolution op not listed
-            return ODEPlan("none", _trace_once, None, None, _PARTS_REASON)
+            return plain(_PARTS_REASON)
         return ODEPlan("dynamics", compile_whole, None, None, "convolutions")
     if taped:
-        return ODEPlan("none", _trace_once, None, None, _TAPE_REASON)
+        return plain(_TAPE_REASON)
     if not dense and static_times:
         return ODEPlan("solve", None, None, compile_whole, "no convolutions")
     return ODEPlan("step", None, compile_whole, None,

@@ -60,11 +60,13 @@ class ODEProblem(collections.namedtuple("ODEProblem", [
     __slots__ = ()
 
     def dynamics(self, params):
-        """``fn`` with ``params`` bound, wrapped as the compile policy says."""
-        def bound(t, y):
-            return self.fn(t, y, params)
+        """``fn`` wrapped as the compile policy says, with ``params`` bound."""
+        fn = self.fn if self.dynamics_wrapper is None else self.dynamics_wrapper(self.fn)
 
-        return bound if self.dynamics_wrapper is None else self.dynamics_wrapper(bound)
+        def bound(t, y):
+            return fn(t, y, params)
+
+        return bound
 
     def solve(self, fn, y0=None, times=None, **overrides):
         """Runs the problem's solver on ``fn`` (a ``SolveResult``); keywords override options."""
