@@ -37,6 +37,7 @@ from keras_implicit.ops.ode_gradients import ODE_GRADIENTS, ODEGradient
 from keras_implicit.ops.stats import ODEStats
 from keras_implicit.solvers import base as solver_base
 from keras_implicit.solvers import events as events_lib
+from keras_implicit.solvers import initial_step
 from keras_implicit.solvers import state as state_ops
 from keras_implicit.solvers.status import Status
 
@@ -299,7 +300,10 @@ def _solve_backward(problem, adjoint, result, params, variables, grad_states, gr
     error_mask = None
     if solver.supports_error_mask:
         error_mask = [True] * (2 * num_y) + [not adjoint.seminorm] * theta.num_tensors
-    warm_start = stats_next_step(result, solver, problem)
+    first_step0 = stats_next_step(result, solver, problem)
+    # The forward's proposals need no automatic selection (and so no conditional).
+    proposed = solver is problem.solver and solver.reports_next_step
+    warm_start = initial_step.WarmStart if proposed else (lambda step: step)
     num_times = tf.shape(times)[0]
     normalize = adjoint.normalize
 
@@ -317,7 +321,8 @@ def _solve_backward(problem, adjoint, result, params, variables, grad_states, gr
         tau = tf.stack([-times[i], -times[i - 1]])
         out = problem._replace(solver=solver).integrate(
             dynamics, aug0, tau, local, error_mask=error_mask,
-            first_step=first_step if solver.adaptive else None, jump_times=backward_jumps)
+            first_step=warm_start(first_step) if solver.adaptive else None,
+            jump_times=backward_jumps)
         st = out.stats
         final = [x[-1] for x in out.states]
         if normalize:
@@ -333,7 +338,7 @@ def _solve_backward(problem, adjoint, result, params, variables, grad_states, gr
     zero = tf.constant(0, tf.int32)
     _, adj, _, nfe, accepted, rejected, status, failed_at = tf.while_loop(
         lambda i, *_: i > 0, interval,
-        (num_times - 1, adj0, warm_start, zero, zero, zero, tf.constant(Status.SUCCESS),
+        (num_times - 1, adj0, first_step0, zero, zero, zero, tf.constant(Status.SUCCESS),
          times[0]))
     theta_grads = theta.unpack(adj[num_y:])
     grads = adj[:num_y] + theta_grads[:num_p] + [

@@ -60,6 +60,7 @@ class AdaptiveRungeKutta(base.ODESolver):
     adaptive = True
     differentiable = True
     elementwise = True
+    reports_next_step = True
     supports_error_mask = True
     supports_events = True
     supports_dense = True

@@ -103,6 +103,12 @@ class ODESolver(Configured):
             same elementwise whatever the tensors' partition, apart from the error
             norm (its step control's; an error mask can leave tensors out of it).
             The adjoint then carries the parameter adjoints as one flat vector.
+        reports_next_step: whether ``SolveStats.next_step_size`` is the solver's
+            proposal for its next step (positive after a solve that did not
+            fail). The adjoint's backward solve with the same solver then starts
+            each interval with it, passed to ``integrate`` as an
+            ``initial_step.WarmStart`` (``initial_step.resolve_first_step``
+            resolves it).
         supports_events, supports_dense, supports_step_control: whether
             ``integrate`` takes ``event_fn``, ``dense=True`` and a
             ``step_control``.
@@ -113,6 +119,7 @@ class ODESolver(Configured):
     differentiable = True
     supports_error_mask = False
     elementwise = False
+    reports_next_step = False
     supports_events = False
     supports_dense = False
     supports_step_control = False

@@ -4,9 +4,33 @@ A fixed first step (TFP uses 1e-3) costs a run of rejected or needlessly small
 steps; this estimate costs one evaluation of the dynamics.
 """
 
+import collections
+
 import tensorflow as tf
 
 from keras_implicit.solvers import state as state_ops
+
+
+class WarmStart(collections.namedtuple("WarmStart", ["size"])):
+    """A first step proposed by an earlier solve of the same solver (the adjoint's
+    backward intervals start with the forward's last proposal): used where it is
+    positive and finite, else replaced by ``h0`` of ``select_initial_step``, which
+    costs no evaluation of the dynamics. Only solvers that declare
+    ``ODESolver.reports_next_step`` receive it."""
+
+    __slots__ = ()
+
+
+def _euler_scale(t0, y0, f0, rtol, atol, error_mask):
+    """``(h0, d1, zeros)``: ``h0 = 0.01 * |y0| / |f0|`` in the scaled norm, ``|f0|``."""
+    dtype = t0.dtype
+    zeros = [tf.zeros_like(y) for y in y0]
+    d0 = tf.cast(state_ops.error_ratio(y0, zeros, y0, rtol, atol, error_mask), dtype)
+    d1 = tf.cast(state_ops.error_ratio(f0, zeros, y0, rtol, atol, error_mask), dtype)
+    small = tf.constant(1e-5, dtype)
+    h0 = tf.where((d0 < small) | (d1 < small), tf.constant(1e-6, dtype),
+                  0.01 * d0 / tf.maximum(d1, small))
+    return h0, d1, zeros
 
 
 def select_initial_step(fn, t0, y0, f0, order, rtol, atol, error_mask=None):
@@ -17,12 +41,7 @@ def select_initial_step(fn, t0, y0, f0, order, rtol, atol, error_mask=None):
     ** (1 / order)``; the result is ``min(100 * h0, h1)``.
     """
     dtype = t0.dtype
-    zeros = [tf.zeros_like(y) for y in y0]
-    d0 = tf.cast(state_ops.error_ratio(y0, zeros, y0, rtol, atol, error_mask), dtype)
-    d1 = tf.cast(state_ops.error_ratio(f0, zeros, y0, rtol, atol, error_mask), dtype)
-    small = tf.constant(1e-5, dtype)
-    h0 = tf.where((d0 < small) | (d1 < small), tf.constant(1e-6, dtype),
-                  0.01 * d0 / tf.maximum(d1, small))
+    h0, d1, zeros = _euler_scale(t0, y0, f0, rtol, atol, error_mask)
     y1 = [y + tf.cast(h0, y.dtype) * f for y, f in zip(y0, f0)]
     f1 = fn(t0 + h0, y1)
     diff = [b - a for a, b in zip(f0, f1)]
@@ -42,12 +61,19 @@ def select_initial_step(fn, t0, y0, f0, order, rtol, atol, error_mask=None):
 def resolve_first_step(first_step, fn, t0, y0, f0, order, rtol, atol, error_mask=None):
     """``(h, nfe)``: ``first_step`` if it is positive, else the automatic choice.
 
-    ``first_step`` may be None (always automatic) or a tensor that is <= 0 at
-    run time (automatic then: the adjoint passes the previous interval's last
-    step, or 0 for the first interval).
+    ``first_step`` may be None (always automatic), a tensor that is <= 0 at
+    run time (automatic then: the adjoint with another backward solver passes 0
+    for the first interval), or a :class:`WarmStart`, which needs no
+    conditional: the automatic choice's graph (a second evaluation of the
+    dynamics) is not built, 170 ops of the ODE block's adjoint.
     """
     if first_step is None:
         return select_initial_step(fn, t0, y0, f0, order, rtol, atol, error_mask)
+    if isinstance(first_step, WarmStart):
+        h = state_ops.cast_to(first_step.size, t0.dtype)
+        usable = (h > 0) & tf.math.is_finite(h)
+        h0 = _euler_scale(t0, y0, f0, rtol, atol, error_mask)[0]
+        return tf.where(usable, h, h0), tf.constant(0, tf.int32)
     first_step = state_ops.cast_to(first_step, t0.dtype)
     return tf.cond(
         first_step > 0,
