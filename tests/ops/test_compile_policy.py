@@ -237,6 +237,33 @@ def test_a_taped_gradient_on_dense_dynamics_decides_without_probing(gradient):
     assert traced_plan(lambda t, s: conv(s, t=t), (2, 3, 3, 2), taped=False)[0] == "dynamics"
 
 
+@pytest.mark.parametrize("gradient,traces", [("backprop", 1), ("adjoint", 2)])
+def test_a_solve_in_the_graph_reuses_the_plans_trace_of_the_dynamics(gradient, traces):
+    """The plan traces the dynamics to read its ops; the solve calls that trace. The
+    adjoint's backward traces it once more, inside its vector-Jacobian product. (That
+    the reused trace gives False's numbers: the test of compiled norms above.)"""
+    layer = block_dynamics()
+    calls = []
+
+    def dynamics(t, y):
+        calls.append(t)
+        return layer(y, t=t)
+
+    box = {}
+
+    @tf.function
+    def run(y):
+        with tf.GradientTape() as tape:
+            tape.watch(y)
+            result = ki.ops.odeint(dynamics, y, [0.0, 1.0], gradient=gradient)
+            loss = tf.reduce_sum(result.states[-1] ** 2)
+        box["compiled"] = result.stats.compiled
+        return tape.gradient(loss, y)
+
+    run.get_concrete_function(tf.TensorSpec((2, 3, 3, 4), tf.float64))
+    assert box["compiled"] == "none" and len(calls) == traces
+
+
 def test_the_layer_keeps_auto_in_its_config_and_reports_the_path(tmp_path):
     x = np.random.RandomState(3).randn(8, 4).astype("float32")
     model = keras.Sequential([keras.Input((4,)), ki.layers.NeuralODE(
