@@ -21,8 +21,8 @@ class WarmStart(collections.namedtuple("WarmStart", ["size"])):
     __slots__ = ()
 
 
-def _euler_scale(t0, y0, f0, rtol, atol, error_mask):
-    """``(h0, d1, zeros)``: ``h0 = 0.01 * |y0| / |f0|`` in the scaled norm, ``|f0|``."""
+def _first_guess(t0, y0, f0, rtol, atol, error_mask):
+    """``(h0, d1, zeros)``: the first guess ``h0 = 0.01 * |y0| / |f0|`` (scaled norms), ``|f0|``."""
     dtype = t0.dtype
     zeros = [tf.zeros_like(y) for y in y0]
     d0 = tf.cast(state_ops.error_ratio(y0, zeros, y0, rtol, atol, error_mask), dtype)
@@ -41,7 +41,7 @@ def select_initial_step(fn, t0, y0, f0, order, rtol, atol, error_mask=None):
     ** (1 / order)``; the result is ``min(100 * h0, h1)``.
     """
     dtype = t0.dtype
-    h0, d1, zeros = _euler_scale(t0, y0, f0, rtol, atol, error_mask)
+    h0, d1, zeros = _first_guess(t0, y0, f0, rtol, atol, error_mask)
     y1 = [y + tf.cast(h0, y.dtype) * f for y, f in zip(y0, f0)]
     f1 = fn(t0 + h0, y1)
     diff = [b - a for a, b in zip(f0, f1)]
@@ -72,7 +72,7 @@ def resolve_first_step(first_step, fn, t0, y0, f0, order, rtol, atol, error_mask
     if isinstance(first_step, WarmStart):
         h = state_ops.cast_to(first_step.size, t0.dtype)
         usable = (h > 0) & tf.math.is_finite(h)
-        h0 = _euler_scale(t0, y0, f0, rtol, atol, error_mask)[0]
+        h0 = _first_guess(t0, y0, f0, rtol, atol, error_mask)[0]
         return tf.where(usable, h, h0), tf.constant(0, tf.int32)
     first_step = state_ops.cast_to(first_step, t0.dtype)
     return tf.cond(
