@@ -54,6 +54,7 @@ def test_a_non_positive_tensor_still_selects_the_step_with_one_evaluation():
     automatic, one = initial_step.select_initial_step(
         linear, tf.constant(0.0, tf.float64), [tf.constant(Y0)], [tf.constant(F0)], 5,
         RTOL, ATOL)
-    assert (nfe, int(one)) == (1, 1)
+    assert (nfe, int(one)) == (1, 1) and len(calls) == 2
     assert h == float(automatic) and 0 < h <= 100 * _h0()
     assert _resolve(tf.constant(0.25, tf.float64), linear) == (0.25, 0)
+    assert len(calls) == 2  # a positive step evaluates nothing
