@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_implicit import validation
 from keras_implicit.ops import failure
 from keras_implicit.ops import jit as jit_lib
 from keras_implicit.ops import ode_result
@@ -45,8 +46,9 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
             merely closes over receive no gradient under ``"adjoint"`` (as with
             TFP); variables that ``fn`` reads always do.
         max_num_steps: bound on accepted + rejected steps of one solve.
-        first_step: first step of adaptive solvers; ``None`` chooses it
-            automatically (Hairer–Wanner).
+        first_step: first step of adaptive solvers, a positive number (or a
+            scalar tensor, chosen automatically where it is <= 0 at run time);
+            ``None`` chooses it automatically (Hairer–Wanner).
         step_control: the step-size controller of adaptive solvers:
             ``None`` (``ki.solvers.IController()``), ``"pid"``, a config dict or a
             ``StepController`` (``min_step``, ``max_step``, ``jump_times``).
@@ -96,6 +98,8 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
                          jit_dynamics, on_failure)
     if not callable(fn):
         raise TypeError(f"`fn` must be callable as fn(t, y). Received: fn={fn!r}")
+    if first_step is not None and not tf.is_tensor(first_step):
+        first_step = validation.positive_float("first_step", first_step)
     options.check_features(event_fn, dense)
 
     flat_y0 = [_as_state_tensor(y) for y in tf.nest.flatten(y0)]

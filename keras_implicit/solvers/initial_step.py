@@ -61,8 +61,8 @@ def select_initial_step(fn, t0, y0, f0, order, rtol, atol, error_mask=None):
 def resolve_first_step(first_step, fn, t0, y0, f0, order, rtol, atol, error_mask=None):
     """``(h, nfe)``: ``first_step`` if it is positive, else the automatic choice.
 
-    ``first_step`` may be None (always automatic), a tensor that is <= 0 at
-    run time (automatic then: the adjoint with another backward solver passes 0
+    ``first_step`` may be None (always automatic), a positive number, a tensor
+    that is <= 0 at run time (automatic then: the adjoint with another backward solver passes 0
     for the first interval), or a :class:`WarmStart`, which needs no
     conditional: the automatic choice's graph (a second evaluation of the
     dynamics) is not built, 170 ops of the ODE block's adjoint.
@@ -74,6 +74,8 @@ def resolve_first_step(first_step, fn, t0, y0, f0, order, rtol, atol, error_mask
         usable = (h > 0) & tf.math.is_finite(h)
         h0 = _first_guess(t0, y0, f0, rtol, atol, error_mask)[0]
         return tf.where(usable, h, h0), tf.constant(0, tf.int32)
+    if not tf.is_tensor(first_step) and first_step > 0:  # a number: no conditional
+        return state_ops.cast_to(first_step, t0.dtype), tf.constant(0, tf.int32)
     first_step = state_ops.cast_to(first_step, t0.dtype)
     return tf.cond(
         first_step > 0,

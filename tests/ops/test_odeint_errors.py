@@ -29,6 +29,10 @@ def decay(t, y):
          r"Valid names: \['adjoint', 'backprop', 'checkpointed'\].*'reverse'"),
         ({"gradient": "backprop", "solver": "bdf"}, ValueError, "gradient='backprop'"),
         ({"max_num_steps": 0}, ValueError, "max_num_steps=0"),
+        ({"first_step": 0.0}, ValueError, "first_step=0.0"),
+        ({"first_step": -0.1}, ValueError, "first_step=-0.1"),
+        ({"first_step": float("nan")}, ValueError, "first_step=nan"),
+        ({"first_step": "0.1"}, TypeError, "first_step='0.1'"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

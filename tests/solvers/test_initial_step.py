@@ -58,3 +58,15 @@ def test_a_non_positive_tensor_still_selects_the_step_with_one_evaluation():
     assert h == float(automatic) and 0 < h <= 100 * _h0()
     assert _resolve(tf.constant(0.25, tf.float64), linear) == (0.25, 0)
     assert len(calls) == 2  # a positive step evaluates nothing
+
+
+def test_a_positive_number_is_the_first_step_without_a_conditional():
+    graph = tf.function(lambda t0: _resolve_graph(0.25, t0)).get_concrete_function(
+        tf.TensorSpec([], tf.float64)).graph
+    assert not [op for op in graph.get_operations() if op.type in ("If", "StatelessIf")]
+    assert _resolve(0.25) == (0.25, 0)
+
+
+def _resolve_graph(first_step, t0):
+    return initial_step.resolve_first_step(first_step, _never_called, t0, [tf.constant(Y0)],
+                                           [tf.constant(F0)], 5, RTOL, ATOL)[0]
