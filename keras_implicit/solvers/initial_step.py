@@ -62,10 +62,11 @@ def resolve_first_step(first_step, fn, t0, y0, f0, order, rtol, atol, error_mask
     """``(h, nfe)``: ``first_step`` if it is positive, else the automatic choice.
 
     ``first_step`` may be None (always automatic), a positive number, a tensor
-    that is <= 0 at run time (automatic then: the adjoint with another backward solver passes 0
-    for the first interval), or a :class:`WarmStart`, which needs no
-    conditional: the automatic choice's graph (a second evaluation of the
-    dynamics) is not built, 170 ops of the ODE block's adjoint.
+    (automatic where it is <= 0 at run time: the adjoint with another backward
+    solver passes 0 for the first interval), or a :class:`WarmStart`. A number
+    or a ``WarmStart`` needs no conditional: the automatic choice's graph (a
+    second evaluation of the dynamics) is not built, 170 ops of the ODE
+    block's adjoint.
     """
     if first_step is None:
         return select_initial_step(fn, t0, y0, f0, order, rtol, atol, error_mask)
