@@ -22,7 +22,8 @@ class WarmStart(collections.namedtuple("WarmStart", ["size"])):
 
 
 def _first_guess(t0, y0, f0, rtol, atol, error_mask):
-    """``(h0, d1, zeros)``: the first guess ``h0 = 0.01 * |y0| / |f0|`` (scaled norms), ``|f0|``."""
+    """``(h0, d1, zeros)``: Hairer & Wanner's first guess ``h0 = 0.01 * |y0| / |f0|``,
+    ``d1 = |f0|`` (norms scaled by the tolerances) and zeros like ``y0``."""
     dtype = t0.dtype
     zeros = [tf.zeros_like(y) for y in y0]
     d0 = tf.cast(state_ops.error_ratio(y0, zeros, y0, rtol, atol, error_mask), dtype)
