@@ -300,10 +300,7 @@ def _solve_backward(problem, adjoint, result, params, variables, grad_states, gr
     error_mask = None
     if solver.supports_error_mask:
         error_mask = [True] * (2 * num_y) + [not adjoint.seminorm] * theta.num_tensors
-    first_step0 = stats_next_step(result, solver, problem)
-    # The forward's proposals need no automatic selection (and so no conditional).
-    proposed = solver is problem.solver and solver.reports_next_step
-    warm_start = initial_step.WarmStart if proposed else (lambda step: step)
+    first_step0, warm_start = _warm_start(result, solver, problem)
     num_times = tf.shape(times)[0]
     normalize = adjoint.normalize
 
@@ -388,9 +385,13 @@ class _ParameterAdjoints:
                 for x in self.tensors]
 
 
-def stats_next_step(result, solver, problem):
-    """The backward solve's first step: the forward's last full step (the same time scales)
-    if the same solver runs backwards, else 0 (automatic)."""
-    if solver is problem.solver:
-        return tf.stop_gradient(result.stats.next_step_size)
-    return tf.zeros([], problem.times.dtype)
+def _warm_start(result, solver, problem):
+    """``(step, wrap)``: the backward solve's first step, and how each interval passes its
+    start step to the solver. The same solver running backwards starts from the forward's
+    last full step (the same time scales); if it reports its proposals
+    (``ODESolver.reports_next_step``) they go as an ``initial_step.WarmStart``, which needs
+    no automatic selection and so no conditional. Another solver starts from 0 (automatic)."""
+    if solver is not problem.solver:
+        return tf.zeros([], problem.times.dtype), (lambda step: step)
+    wrap = initial_step.WarmStart if solver.reports_next_step else (lambda step: step)
+    return tf.stop_gradient(result.stats.next_step_size), wrap
