@@ -356,13 +356,10 @@ class _ParameterAdjoints:
 
     def __init__(self, tensors, adjoint, solver):
         self.tensors = tensors
-        self.shapes = [x.shape for x in tensors]
-        self.dtypes = [x.dtype for x in tensors]
         unmeasured = not solver.adaptive or (solver.supports_error_mask and adjoint.seminorm)
         self.flat = (solver.elementwise and unmeasured and len(tensors) > 1
-                     and len(set(self.dtypes)) == 1
-                     and all(s.is_fully_defined() for s in self.shapes))
-        self.sizes = [s.num_elements() for s in self.shapes] if self.flat else None
+                     and len({x.dtype for x in tensors}) == 1
+                     and all(x.shape.is_fully_defined() for x in tensors))
         self.num_tensors = 1 if self.flat else len(tensors)
 
     def pack(self, tensors):
@@ -375,12 +372,13 @@ class _ParameterAdjoints:
         """One tensor per parameter from the state tensors."""
         if not self.flat:
             return list(state)
-        parts = tf.split(state[0], self.sizes)
-        return [tf.reshape(x, s) for x, s in zip(parts, self.shapes)]
+        parts = tf.split(state[0], [x.shape.num_elements() for x in self.tensors])
+        return [tf.reshape(part, x.shape) for part, x in zip(parts, self.tensors)]
 
     def zeros(self):
         if self.flat:
-            return [tf.zeros([sum(self.sizes)], self.dtypes[0])]
+            size = sum(x.shape.num_elements() for x in self.tensors)
+            return [tf.zeros([size], self.tensors[0].dtype)]
         return [tf.zeros(x.shape, x.dtype) if x.shape.is_fully_defined() else tf.zeros_like(x)
                 for x in self.tensors]
 

@@ -213,7 +213,7 @@ def test_parameter_adjoints_as_one_vector_give_the_numbers_of_one_tensor_each(
     def one_tensor_each(self, *args):
         packing(self, *args)
         assert self.flat  # p and w: one dtype, static shapes
-        self.flat, self.num_tensors = False, len(self.shapes)
+        self.flat, self.num_tensors = False, len(self.tensors)
 
     monkeypatch.setattr(adjoint._ParameterAdjoints, "__init__", one_tensor_each)
     for a, b in zip(flat, problem.gradients("adjoint", solver=solver, **kwargs)):
