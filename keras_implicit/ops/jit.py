@@ -161,13 +161,12 @@ _CONVOLUTIONS = frozenset({"Conv", "Conv2D", "Conv3D", "DepthwiseConv2dNative",
                            "Conv2DBackpropInput", "Conv3DBackpropInputV2"})
 
 
-def traced_nodes(fn, *args):
-    """The ops of ``fn(*args)`` traced plainly (the graph's and its functions'), or
-    ``None`` when it cannot be traced on static specs (an unknown rank, or an error the
-    solve's own trace will report). A ``tf.function`` ``fn`` keeps the trace, which a
-    call with the same shapes then reuses."""
+def traced_nodes(traced, *args):
+    """The ops of the ``tf.function`` ``traced`` on ``args`` (the graph's and its
+    functions'), or ``None`` when it cannot be traced on static specs (an unknown rank, or
+    an error the solve's own trace will report). ``traced`` keeps the trace, which a call
+    with the same shapes then reuses."""
     try:
-        traced = fn if hasattr(fn, "get_concrete_function") else tf.function(fn, autograph=False)
         graph_def = traced.get_concrete_function(
             *tf.nest.map_structure(_static_spec, args)).graph.as_graph_def()
     except Exception:  # the probe, or the solve's trace, says what is wrong
