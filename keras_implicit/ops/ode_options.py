@@ -62,9 +62,13 @@ class ODEOptions:
         self.jit_dynamics = jit_lib.check_jit_dynamics(jit_dynamics, self.solver)
         self.on_failure = failure.check_on_failure(on_failure)
 
-    def check_features(self, event_fn=None, dense=False):
-        """Refuses events and dense output on solvers without them."""
+    def check_features(self, event_fn=None, dense=False, first_step=None):
+        """Refuses events and dense output on solvers without them, and a ``first_step``
+        that is not a positive number (a tensor is taken as it is: <= 0 at run time
+        means automatic)."""
         validation.check_bool("dense", dense)
+        if first_step is not None and not tf.is_tensor(first_step):
+            validation.positive_float("first_step", first_step)
         for flag, wanted, what in (("supports_events", event_fn is not None, "event_fn"),
                                    ("supports_dense", dense, "dense=True")):
             if wanted and not getattr(self.solver, flag):

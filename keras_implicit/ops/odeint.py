@@ -3,7 +3,6 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_implicit import validation
 from keras_implicit.ops import failure
 from keras_implicit.ops import jit as jit_lib
 from keras_implicit.ops import ode_result
@@ -98,9 +97,7 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
                          jit_dynamics, on_failure)
     if not callable(fn):
         raise TypeError(f"`fn` must be callable as fn(t, y). Received: fn={fn!r}")
-    if first_step is not None and not tf.is_tensor(first_step):
-        first_step = validation.positive_float("first_step", first_step)
-    options.check_features(event_fn, dense)
+    options.check_features(event_fn, dense, first_step)
 
     flat_y0 = [_as_state_tensor(y) for y in tf.nest.flatten(y0)]
     if not flat_y0:
