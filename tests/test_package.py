@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 import keras_implicit as ki
@@ -19,6 +20,35 @@ def test_import_with_another_backend_says_what_to_set(backend):
     assert "ImportError" in result.stderr
     assert "Set KERAS_BACKEND=tensorflow" in result.stderr
     assert f"KERAS_BACKEND='{backend}'" in result.stderr
+
+
+_FRESH_PROCESS = """
+import sys
+import keras, numpy as np
+import keras_implicit as ki
+
+ki.layers.NeuralODE(ki.layers.ConcatDense(2))(np.ones((1, 2), "float32"))
+assert "tensorflow_probability" not in sys.modules, "imported with NeuralODE"
+flow = keras.models.load_model(sys.argv[1])  # registered without TFP; loads it now
+assert "tensorflow_probability" in sys.modules
+x = np.linspace(-1.0, 1.0, 6, dtype="float32").reshape(3, 2)
+np.save(sys.argv[2], flow.log_prob(x).numpy())
+"""
+
+
+def test_tensorflow_probability_loads_with_the_first_flow_not_with_the_package(tmp_path):
+    """``import keras_implicit`` and a NeuralODE leave TFP (about 2 s of a start) unloaded;
+    a saved ContinuousFlow still loads in such a process, with the same log-density."""
+    flow = ki.models.ContinuousFlow(hidden_units=(4,), solver="rk4", num_steps=2,
+                                    trace="exact", jit_dynamics=False, seed=0)
+    x = np.linspace(-1.0, 1.0, 6, dtype="float32").reshape(3, 2)
+    expected = flow.log_prob(x).numpy()
+    flow.save(tmp_path / "flow.keras")
+    result = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS, str(tmp_path / "flow.keras"),
+         str(tmp_path / "log_prob.npy")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "log_prob.npy"), expected, rtol=1e-6)
 
 
 def test_public_api_names():

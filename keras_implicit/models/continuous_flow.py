@@ -8,7 +8,6 @@ import numpy as np
 import tensorflow as tf
 
 from keras_implicit import validation
-from keras_implicit.bijectors.ffjord import FFJORD
 from keras_implicit.layers import solve_precision
 from keras_implicit.layers.solver_stats import SolverStatsMixin
 from keras_implicit.layers.time_dynamics import ConcatMLP, compute_dtype
@@ -17,6 +16,14 @@ from keras_implicit.ops.ode_options import ODEOptions
 from keras_implicit.solvers import state as state_ops
 
 _REGULARIZERS = ("kinetic_energy", "jacobian_frobenius")
+
+
+def _ffjord(*args, **kwargs):
+    """An ``FFJORD`` block. Imported here: TensorFlow Probability loads with the first
+    flow, not with the package (``keras_implicit.bijectors``)."""
+    from keras_implicit.bijectors.ffjord import FFJORD
+
+    return FFJORD(*args, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -106,7 +113,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
             "num_probes": num_probes,
             "regularizers": [n for n in _REGULARIZERS if self._regularizer_weights[n] > 0]}
         # Validates every option now (errors name the argument); rebuilt with the event shape.
-        FFJORD(dynamics[0], **self.flow_options)
+        _ffjord(dynamics[0], **self.flow_options)
         self.seed = seed
         self._seed_generator = keras.random.SeedGenerator(seed)
         object.__setattr__(self, "_flow_blocks", None)  # FFJORDs are not Keras-tracked
@@ -134,7 +141,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         self.event_shape = event
         self.event_size = int(np.prod(event))
         object.__setattr__(self, "_flow_blocks", [
-            FFJORD(layer, event_shape=event, name=f"ffjord_{k}", **self.flow_options)
+            _ffjord(layer, event_shape=event, name=f"ffjord_{k}", **self.flow_options)
             for k, layer in enumerate(self.dynamics)])
         self._add_solver_stat("nfe_forward")
         self._add_solver_stat("nfe_backward")
@@ -156,7 +163,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         for block in self._flow_blocks or []:
             block.trace = value
         if self._flow_blocks is None:
-            FFJORD(self.dynamics[0], **{**self.flow_options, "trace": value})
+            _ffjord(self.dynamics[0], **{**self.flow_options, "trace": value})
         self.flow_options["trace"] = value
         self.train_function = self.test_function = self.predict_function = None
 

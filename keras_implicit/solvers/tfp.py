@@ -24,7 +24,6 @@ Dormand–Prince's RMS norm then counts one more element.
 """
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from keras_implicit import validation
 from keras_implicit.solvers import base
@@ -32,9 +31,11 @@ from keras_implicit.solvers import state as state_ops
 from keras_implicit.solvers.initial_step import resolve_first_step
 from keras_implicit.solvers.status import Status
 
+# (class name in ``tfp.math.ode``, order). TFP is imported when a solve is traced, not
+# with keras_implicit: it costs about 2 s of a process's start.
 _METHODS = {
-    "dormand_prince": (tfp.math.ode.DormandPrince, 5),
-    "bdf": (tfp.math.ode.BDF, 1),
+    "dormand_prince": ("DormandPrince", 5),
+    "bdf": ("BDF", 1),
 }
 
 
@@ -153,7 +154,9 @@ class TFPSolver(base.ODESolver):
             return guard(fn, t, list(state[:num_y]))
 
         def run():
-            solver_cls = _METHODS[self.method][0]
+            import tensorflow_probability as tfp
+
+            solver_cls = getattr(tfp.math.ode, _METHODS[self.method][0])
             solver = solver_cls(rtol=rtol, atol=atol, first_step_size=first_step,
                                 max_num_steps=options.max_num_steps, **self.options)
             clock = tf.zeros([], y0[0].dtype)
