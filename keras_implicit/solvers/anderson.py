@@ -46,46 +46,69 @@ class Anderson(base.FixedPointSolver):
         self.damping = base.check_damping(damping)
 
     def init_state(self, z0):
-        """The last ``m`` images ``f_i`` and residuals ``g_i = f_i - z_i`` (oldest first, each
-        ``(batch, dim)``: a new one shifts the tuples without copying a history), their
-        residuals' Gram matrix ``(batch, m, m)`` in the control dtype, and how many are
-        filled."""
-        zeros = tf.zeros_like(z0)
+        """The last ``m`` images ``f_i`` and residuals ``g_i = f_i - z_i``, their residuals'
+        Gram matrix ``(batch, m, m)`` in the control dtype, and the number of updates.
+
+        In TensorFlow's graph the histories are tuples of ``m`` ``(batch, dim)`` tensors,
+        oldest first: a new one shifts the tuples, which copies nothing. Under XLA a
+        while loop's state must stay in place, so a shift copies all ``2 m`` tensors at
+        every iteration and holds the history twice; there they are ``(m, batch, dim)``
+        rings instead, written one slot per iteration (slot ``updates % m``)."""
         linear = state_ops.control_dtype(z0.dtype)
         gram = tf.zeros(tf.concat([tf.shape(z0)[:1], [self.memory, self.memory]], 0), linear)
+        if state_ops.in_xla():
+            ring = tf.zeros(tf.concat([[self.memory], tf.shape(z0)], 0), z0.dtype)
+            return (ring, ring, gram, tf.constant(0, tf.int32))
+        zeros = tf.zeros_like(z0)
         return ((zeros,) * self.memory, (zeros,) * self.memory, gram, tf.constant(0, tf.int32))
 
     def update(self, state, z, fz):
-        images, residuals, gram, count = state
-        m, damping = self.memory, self.damping
-        linear = gram.dtype
+        images, residuals, gram, updates = state
+        m = self.memory
         g = fz - z
-        images, residuals = images[1:] + (fz,), residuals[1:] + (g,)
-        # Only the new row of the Gram matrix is computed; the rest shifts with the history.
-        g_linear = tf.cast(g, linear)
-        row = tf.stack([tf.reduce_sum(tf.cast(r, linear) * g_linear, axis=-1)
-                        for r in residuals[:-1]] + [tf.reduce_sum(tf.square(g_linear), axis=-1)],
-                       axis=-1)
-        gram = tf.concat([tf.concat([gram[:, 1:, 1:], row[:, :-1, None]], axis=2),
-                          row[:, None, :]], axis=1)
-        count = tf.minimum(count + 1, m)
-        valid = tf.range(m) >= m - count
-        both = valid[:, None] & valid[None, :]
+        g_linear = tf.cast(g, gram.dtype)
+        if isinstance(images, tuple):
+            images, residuals = images[1:] + (fz,), residuals[1:] + (g,)
+            # Only the new row of the Gram matrix is computed; the rest shifts with the
+            # history.
+            row = tf.stack([tf.reduce_sum(tf.cast(r, gram.dtype) * g_linear, axis=-1)
+                            for r in residuals[:-1]]
+                           + [tf.reduce_sum(tf.square(g_linear), axis=-1)], axis=-1)
+            gram = tf.concat([tf.concat([gram[:, 1:, 1:], row[:, :-1, None]], axis=2),
+                              row[:, None, :]], axis=1)
+            filled = tf.range(m) >= m - tf.minimum(updates + 1, m)
+        else:
+            slot = updates % m
+            index = tf.reshape(slot, [1, 1])
+            images = tf.tensor_scatter_nd_update(images, index, fz[None])
+            residuals = tf.tensor_scatter_nd_update(residuals, index, g[None])
+            row = tf.einsum("mbd,bd->bm", tf.cast(residuals, gram.dtype), g_linear)
+            new = tf.equal(tf.range(m), slot)
+            gram = tf.where(new[:, None], row[:, None, :],
+                            tf.where(new[None, :], row[:, :, None], gram))
+            filled = tf.range(m) < tf.minimum(updates + 1, m)
+        alpha = self._weights(gram, filled, z.dtype)
+        z_next = _combine(alpha, images)
+        if self.damping != 1.0:
+            # sum_i alpha_i (damping f_i + (1 - damping) z_i), with z_i = f_i - g_i
+            z_next = z_next - (1.0 - self.damping) * _combine(alpha, residuals)
+        return (images, residuals, gram, updates + 1), z_next
+
+    def _weights(self, gram, filled, dtype):
+        """The mixing weights ``alpha`` ``(batch, m)``, summing to one over the filled slots
+        (0 elsewhere): the regularised least squares on the Gram matrix."""
+        linear = gram.dtype
+        both = filled[:, None] & filled[None, :]
         lam = tf.constant(self.regularization, linear)
         # Keeps the system positive definite once every residual is exactly 0.
         floor = tf.constant(float(state_ops.finfo(linear).tiny) ** 0.5, linear)
         system = tf.where(both, gram, tf.zeros_like(gram))
         diagonal = tf.linalg.diag_part(system)
-        diagonal = tf.where(valid, diagonal * (1.0 + lam) + floor, tf.ones_like(diagonal))
+        diagonal = tf.where(filled, diagonal * (1.0 + lam) + floor, tf.ones_like(diagonal))
         system = tf.linalg.set_diag(system, diagonal)
-        ones = tf.broadcast_to(tf.cast(valid, linear), tf.shape(system[..., 0]))
+        ones = tf.broadcast_to(tf.cast(filled, linear), tf.shape(system[..., 0]))
         weights = _spd_solve(system, ones)
-        alpha = tf.cast(weights / tf.reduce_sum(weights, axis=-1, keepdims=True), z.dtype)
-        z_next = _combine(alpha, images)
-        if damping != 1.0:
-            # sum_i alpha_i (damping f_i + (1 - damping) z_i), with z_i = f_i - g_i
-            z_next = z_next - (1.0 - damping) * _combine(alpha, residuals)
-        return (images, residuals, gram, count), z_next
+        return tf.cast(weights / tf.reduce_sum(weights, axis=-1, keepdims=True), dtype)
 
     def get_config(self):
         return {"memory": self.memory, "regularization": self.regularization,
@@ -93,7 +116,10 @@ class Anderson(base.FixedPointSolver):
 
 
 def _combine(alpha, rows):
-    """``sum_i alpha[:, i] * rows[i]`` for ``alpha`` ``(batch, m)`` and ``m`` ``(batch, dim)``."""
+    """``sum_i alpha[:, i] * rows[i]`` for ``alpha`` ``(batch, m)`` and ``m`` rows ``(batch,
+    dim)``: a tuple, or a ring ``(m, batch, dim)``."""
+    if not isinstance(rows, tuple):
+        return tf.reduce_sum(tf.transpose(alpha)[:, :, None] * rows, axis=0)
     out = None
     for i, r in enumerate(rows):
         term = alpha[:, i:i + 1] * r

@@ -114,8 +114,11 @@ def iterate(fn, z0, solver, *, tol, max_iter, stop_mode, step_wrapper=None,
                                    tf.where(k >= max_iter, Status.MAX_STEPS_REACHED,
                                             Status.RUNNING)))
         # The last iteration proposes no next iterate (it would not be evaluated).
-        state, z_next = tf.cond(tf.equal(status, Status.RUNNING),
-                                lambda: solver.update(state, z, fz), lambda: (state, z))
+        if state_ops.in_xla():
+            state, z_next = solver.update(state, z, fz)
+        else:
+            state, z_next = tf.cond(tf.equal(status, Status.RUNNING),
+                                    lambda: solver.update(state, z, fz), lambda: (state, z))
         return status, z_next, k, best_z, best_abs, best_rel, state
 
     def iteration(z, *carry):
