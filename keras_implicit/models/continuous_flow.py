@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_implicit import bijectors as bijectors_lib  # FFJORD (and TFP) load on first use
 from keras_implicit import validation
 from keras_implicit.layers import solve_precision
 from keras_implicit.layers.solver_stats import SolverStatsMixin
@@ -16,14 +17,6 @@ from keras_implicit.ops.ode_options import ODEOptions
 from keras_implicit.solvers import state as state_ops
 
 _REGULARIZERS = ("kinetic_energy", "jacobian_frobenius")
-
-
-def _ffjord(*args, **kwargs):
-    """An ``FFJORD`` block. Imported here: TensorFlow Probability loads with the first
-    flow, not with the package (``keras_implicit.bijectors``)."""
-    from keras_implicit.bijectors.ffjord import FFJORD
-
-    return FFJORD(*args, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -113,7 +106,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
             "num_probes": num_probes,
             "regularizers": [n for n in _REGULARIZERS if self._regularizer_weights[n] > 0]}
         # Validates every option now (errors name the argument); rebuilt with the event shape.
-        _ffjord(dynamics[0], **self.flow_options)
+        bijectors_lib.FFJORD(dynamics[0], **self.flow_options)
         self.seed = seed
         self._seed_generator = keras.random.SeedGenerator(seed)
         object.__setattr__(self, "_flow_blocks", None)  # FFJORDs are not Keras-tracked
@@ -141,7 +134,8 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         self.event_shape = event
         self.event_size = int(np.prod(event))
         object.__setattr__(self, "_flow_blocks", [
-            _ffjord(layer, event_shape=event, name=f"ffjord_{k}", **self.flow_options)
+            bijectors_lib.FFJORD(layer, event_shape=event, name=f"ffjord_{k}",
+                                 **self.flow_options)
             for k, layer in enumerate(self.dynamics)])
         self._add_solver_stat("nfe_forward")
         self._add_solver_stat("nfe_backward")
@@ -163,7 +157,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         for block in self._flow_blocks or []:
             block.trace = value
         if self._flow_blocks is None:
-            _ffjord(self.dynamics[0], **{**self.flow_options, "trace": value})
+            bijectors_lib.FFJORD(self.dynamics[0], **{**self.flow_options, "trace": value})
         self.flow_options["trace"] = value
         self.train_function = self.test_function = self.predict_function = None
 
