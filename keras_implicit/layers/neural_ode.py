@@ -8,7 +8,6 @@ from keras_implicit import validation
 from keras_implicit.layers import solve_precision
 from keras_implicit.layers.solver_stats import SolverStatsMixin
 from keras_implicit.layers.time_dynamics import call_dynamics, compute_dtype, takes_time
-from keras_implicit.ops.ode_gradients import Backprop
 from keras_implicit.ops.ode_options import ODEOptions
 from keras_implicit.ops.odeint import odeint
 
@@ -136,9 +135,9 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         self.autocast = False
         # Keras compiles the train step with XLA (jit_compile="auto", on GPUs) only
         # where this holds. TFP's solvers compile badly or not at all; backprop through
-        # an adaptive solver's loop has no static bound, so XLA cannot record its tape.
-        self.supports_jit = self.solver.differentiable and not (
-            self.solver.adaptive and isinstance(self.options.gradient, Backprop))
+        # an adaptive solver's loop has no static bound, so XLA cannot record its tape;
+        # checkpointed steps are kept in arrays of a size known when the solve runs.
+        self.supports_jit = self.options.gradient.compiles_whole(self.solver)
 
     def _check_solution_times(self, solution_times):
         if solution_times is None:

@@ -10,8 +10,9 @@ times, the solver and its options) and hands it to the strategy's
 - ``Adjoint`` (``"adjoint"``, in ``ops.adjoint``): the continuous adjoint,
   solved backwards in time with memory independent of the number of steps.
 - ``Checkpointed`` (``"checkpointed"``, in ``ops.checkpointed``): the exact
-  gradient of the discretisation, as ``Backprop``, with memory that grows like
-  the square root of the number of steps, for one extra forward pass.
+  gradient of the discretisation, as ``Backprop``, keeping only the loop's state
+  at each step (or at ``checkpoints``) and replaying the steps, for one extra
+  forward pass.
 
 A strategy is registered by name in ``ODE_GRADIENTS`` (and so with Keras,
 through ``keras_implicit.serialization``): a new one subclasses
@@ -138,6 +139,11 @@ class ODEGradient(Configured):
     def check(self, solver):
         """Raises ``ValueError`` if this strategy cannot work with ``solver``."""
 
+    def compiles_whole(self, solver):
+        """Whether a solve with ``solver`` differentiated this way compiles inside one XLA
+        program (a training step under ``jit_compile=True``)."""
+        return solver.differentiable
+
     def integrate(self, problem):
         raise NotImplementedError
 
@@ -169,6 +175,10 @@ class Backprop(ODEGradient):
 
     def check(self, solver):
         require_differentiable(self, solver)
+
+    def compiles_whole(self, solver):
+        # An adaptive loop has no static bound XLA could size its tape with.
+        return solver.differentiable and not solver.adaptive
 
     def integrate(self, problem):
         result = problem.solve(problem.dynamics(problem.params))

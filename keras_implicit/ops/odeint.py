@@ -37,8 +37,8 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
             share, rounded up.
         gradient: ``"adjoint"`` (continuous adjoint, memory independent of the
             number of steps), ``"backprop"`` (through the solver's operations),
-            ``"checkpointed"`` (the same gradient as ``"backprop"`` in memory
-            ~ sqrt(steps)) or an ``ops.Adjoint(...)`` / ``ops.Backprop()`` /
+            ``"checkpointed"`` (the same gradient as ``"backprop"``, keeping
+            the state at each step and replaying the steps) or an ``ops.Adjoint(...)`` / ``ops.Backprop()`` /
             ``ops.Checkpointed(...)`` instance.
         params: optional nested structure of tensors that ``fn`` receives as
             its third argument; the gradient reaches them. Tensors that ``fn``
