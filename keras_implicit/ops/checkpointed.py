@@ -40,8 +40,6 @@ Recursive (binomial, "revolve") checkpointing, with logarithmic memory and
 more recomputation, is not implemented.
 """
 
-import math
-
 import tensorflow as tf
 
 from keras_implicit import validation
