@@ -81,12 +81,12 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
             num_blocks = validation.positive_int("num_blocks", num_blocks)
             dynamics = [ConcatMLP(hidden_units, activation, dtype=self.dtype_policy,
                                   name=f"dynamics_{k}") for k in range(num_blocks)]
-        elif isinstance(dynamics, keras.layers.Layer):
-            dynamics = [dynamics]
-        dynamics = list(dynamics)
+        # One layer, or a list of them; a number or a string is refused here, not by list().
+        received = dynamics
+        dynamics = list(dynamics) if isinstance(dynamics, (list, tuple)) else [dynamics]
         if not dynamics or not all(isinstance(d, keras.layers.Layer) for d in dynamics):
             raise TypeError(f"`dynamics` must be a Keras layer, a non-empty list of them or None. "
-                            f"Received: dynamics={dynamics!r}")
+                            f"Received: dynamics={received!r}")
         self.dynamics = dynamics
         self._regularizer_weights = {
             "kinetic_energy": validation.nonnegative_float("kinetic_energy_weight",

@@ -2,6 +2,8 @@
 .keras and SavedModel round trips, estimator switching, bad input; and (slow) a trained
 8-gaussians flow whose test NLL approaches the true entropy."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -113,6 +115,9 @@ def test_bad_inputs_name_the_argument_and_value():
         ki.models.ContinuousFlow(kinetic_energy_weight=-1)
     with pytest.raises(ValueError, match="num_blocks=0"):
         ki.models.ContinuousFlow(num_blocks=0)
+    for dynamics in (2, "mlp", [], [keras.layers.Dense(2), 3]):  # 2: the data's dimension
+        with pytest.raises(TypeError, match=re.escape(f"Received: dynamics={dynamics!r}")):
+            ki.models.ContinuousFlow(dynamics)
     flow = ki.models.ContinuousFlow(**SMALL)
     with pytest.raises(TypeError, match="x with dtype=int64"):
         flow.log_prob(np.zeros((3, 2), np.int64))
