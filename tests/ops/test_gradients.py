@@ -1,4 +1,5 @@
-"""Gradients of odeint in float64: adjoint and backprop vs finite differences."""
+"""Gradients of odeint in float64: adjoint and backprop vs finite differences; checkpointed
+vs backprop (its numbers to rounding) and its memory."""
 
 import json
 import subprocess
