@@ -38,8 +38,9 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
         gradient: ``"adjoint"`` (continuous adjoint, memory independent of the
             number of steps), ``"backprop"`` (through the solver's operations),
             ``"checkpointed"`` (the same gradient as ``"backprop"``, keeping
-            the state at each step and replaying the steps) or an ``ops.Adjoint(...)`` / ``ops.Backprop()`` /
-            ``ops.Checkpointed(...)`` instance.
+            the state at each step and replaying the steps) or an
+            ``ops.Adjoint(...)`` / ``ops.Backprop()`` / ``ops.Checkpointed(...)``
+            instance.
         params: optional nested structure of tensors that ``fn`` receives as
             its third argument; the gradient reaches them. Tensors that ``fn``
             merely closes over receive no gradient under ``"adjoint"`` (as with
