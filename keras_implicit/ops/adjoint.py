@@ -143,18 +143,12 @@ def _time_mask(event_times, fired):
 
 def _backward(problem, adjoint, result, params, variables, upstream, solver, options, stats):
     """The gradients of ``y0``, ``params`` and ``variables`` (a flat list)."""
-    num_y = len(problem.y0)
-    states = result.states
-    grad_states = [tf.zeros_like(s) if g is None else tf.convert_to_tensor(g)
-                   for g, s in zip(upstream[:num_y], states)]
-    rest = upstream[num_y:]
-    grad_event_times = grad_event_states = None
-    if result.events is not None:
-        grad_event_times, grad_event_states = rest[0], rest[1:1 + num_y]
-        rest = rest[1 + num_y:]
+    grad_states, grad_event_times, grad_event_states, grad_dense = (
+        ode_gradients.split_cotangents(result, upstream))
+    grad_states = ode_gradients.zeros_where_none(grad_states, result.states)
     checks = []
-    dense_cotangents = [g for g in rest if g is not None]
-    if result.dense is not None and dense_cotangents:
+    dense_cotangents = [g for g in grad_dense or [] if g is not None]
+    if dense_cotangents:
         nonzero = tf.reduce_any(tf.stack([tf.reduce_any(tf.not_equal(g, 0))
                                           for g in dense_cotangents]))
         checks.append(_refuse_dense_gradient(nonzero))

@@ -165,17 +165,16 @@ class _OutputCotangents:
     times and states, or empty) and ``dense`` (per tensor, over the accepted steps)."""
 
     def __init__(self, result, upstream):
-        num_y = len(result.states)
-        self.states = _zeros_for_none(upstream[:num_y], result.states)
-        rest = upstream[num_y:]
+        states, event_times, event_states, dense = ode_gradients.split_cotangents(
+            result, upstream)
+        self.states = ode_gradients.zeros_where_none(states, result.states)
         self.finals = []
         if result.events is not None:
-            self.finals = _zeros_for_none(rest[:1 + num_y],
-                                          [result.events.times] + list(result.events.states))
-            rest = rest[1 + num_y:]
+            self.finals = ode_gradients.zeros_where_none(
+                [event_times] + event_states, [result.events.times] + list(result.events.states))
         self.dense = []
         if result.dense is not None:
-            self.dense = _zeros_for_none(rest[:num_y], result.dense.coefficients)
+            self.dense = ode_gradients.zeros_where_none(dense, result.dense.coefficients)
 
     def of_emitted(self, start, end):
         """Those of the outputs a replay from core ``start`` to ``end`` wrote
@@ -186,11 +185,6 @@ class _OutputCotangents:
             indices = tf.range(start["dense_count"], end["dense_count"])
             grads += [tf.gather(g, indices) for g in self.dense]
         return grads
-
-
-def _zeros_for_none(grads, values):
-    return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-            for g, v in zip(grads, values)]
 
 
 def _add(totals, grads):
@@ -285,8 +279,8 @@ def _replay_steps(problem, ys, ps, variables, cotangents, kept, final):
 
     _, core_grads, param_grads, variable_grads = tf.while_loop(
         lambda index, *_: index >= 0, replay,
-        (_accepted(final) - 1, core_grads, _add(_zeros(ps), param_grads),
-         _add(_zeros(variables), variable_grads)),
+        (_accepted(final) - 1, core_grads, [tf.convert_to_tensor(g) for g in param_grads],
+         [tf.convert_to_tensor(g) for g in variable_grads]),
         maximum_iterations=loop.max_iterations, parallel_iterations=1)
 
     # The start: the initial core (state, and the derivative there) and output 0, y0.

@@ -107,6 +107,26 @@ def differentiable_outputs(result):
     return outputs
 
 
+def split_cotangents(result, upstream):
+    """The upstream gradients of ``differentiable_outputs(result)``, split as it joined
+    them: ``(states, event_times, event_states, dense)``. ``event_times`` /
+    ``event_states`` are ``None`` without events and ``dense`` without the dense
+    solution; each gradient is ``None`` where none arrived."""
+    num_y = len(result.states)
+    states, rest = list(upstream[:num_y]), list(upstream[num_y:])
+    event_times = event_states = None
+    if result.events is not None:
+        event_times, event_states, rest = rest[0], rest[1:1 + num_y], rest[1 + num_y:]
+    dense = rest[:num_y] if result.dense is not None else None
+    return states, event_times, event_states, dense
+
+
+def zeros_where_none(grads, values):
+    """``grads`` as tensors, with zeros like the matching ``values`` where one is ``None``."""
+    return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, values)]
+
+
 def with_differentiable_outputs(result, outputs):
     """``result`` with its differentiable tensors taken from ``outputs`` (the custom
     gradient's outputs, in ``differentiable_outputs``' order); the rest of the event and
