@@ -74,8 +74,10 @@ class Anderson(base.FixedPointSolver):
             row = tf.stack([tf.reduce_sum(tf.cast(r, gram.dtype) * g_linear, axis=-1)
                             for r in residuals[:-1]]
                            + [tf.reduce_sum(tf.square(g_linear), axis=-1)], axis=-1)
-            gram = tf.concat([tf.concat([gram[:, 1:, 1:], row[:, :-1, None]], axis=2),
-                              row[:, None, :]], axis=1)
+            # (expand_dims, not row[:, :-1, None]: Grappler's arithmetic optimizer rewrote
+            # that slice of a stack of two, memory=2, into a tensor of the wrong rank.)
+            gram = tf.concat([tf.concat([gram[:, 1:, 1:], tf.expand_dims(row[:, :-1], 2)],
+                                        axis=2), tf.expand_dims(row, 1)], axis=1)
             filled = tf.range(m) >= m - tf.minimum(updates + 1, m)
         else:
             slot = updates % m

@@ -138,6 +138,22 @@ def test_solver_traces_with_unknown_batch_size():
     assert int(iterations) > 1
 
 
+@pytest.mark.parametrize("memory", [1, 2, 3, 7])
+def test_anderson_of_every_memory_solves_in_a_graph(memory):
+    """memory=2 failed in every tf.function: Grappler's arithmetic optimizer rewrote the
+    slice of the Gram row (a stack of two) into a tensor of the wrong rank. Eager ran."""
+    fn, exact = linear_problem()
+
+    @tf.function
+    def solve(z0):
+        z, stats = Anderson(memory=memory).solve(fn, z0, tol=1e-11, max_iter=500)
+        return z, stats.status
+
+    z, status = solve(tf.zeros(exact.shape, tf.float64))
+    np.testing.assert_allclose(z.numpy(), exact, rtol=0, atol=1e-9)
+    assert int(status) == Status.SUCCESS
+
+
 def test_anderson_with_memory_one_is_damped_picard():
     fn, z0 = tanh_problem(top=0.5)
     z_p, s_p = Picard(damping=0.7).solve(fn, z0, tol=1e-9, max_iter=400)
