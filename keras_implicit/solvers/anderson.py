@@ -56,7 +56,9 @@ class Anderson(base.FixedPointSolver):
         rings instead, written one slot per iteration (slot ``updates % m``)."""
         linear = state_ops.control_dtype(z0.dtype)
         gram = tf.zeros(tf.concat([tf.shape(z0)[:1], [self.memory, self.memory]], 0), linear)
-        if state_ops.in_xla():
+        # (An empty state keeps the tuples: TensorFlow refuses a scatter into a tensor
+        # whose static shape holds no element, and an empty solve has nothing to copy.)
+        if state_ops.in_xla() and z0.shape.num_elements() != 0:
             ring = tf.zeros(tf.concat([[self.memory], tf.shape(z0)], 0), z0.dtype)
             return (ring, ring, gram, tf.constant(0, tf.int32))
         zeros = tf.zeros_like(z0)

@@ -109,21 +109,30 @@ def test_backward_failure_names_the_time_it_reached():
         tape.gradient(loss, a)
 
 
-def test_empty_batches_give_empty_outputs_and_zero_gradients():
+@pytest.mark.parametrize("traced", [False, True])
+def test_empty_batches_give_empty_outputs_and_zero_gradients(traced):
+    """Eager, and traced (where "auto" compiles both layers' whole solves with XLA)."""
     ode = ki.layers.NeuralODE(ki.layers.ConcatDense(2, activation="tanh"))
     deq = ki.layers.DEQ(ki.layers.DEQDenseCell(), state_shape=(3,))
     for layer, width in ((ode, 2), (deq, 3)):
-        empty = tf.zeros([0, 2])
-        with tf.GradientTape() as tape:
-            out = layer(empty)
-            loss = tf.reduce_sum(out)
+        def call(empty):
+            with tf.GradientTape() as tape:
+                out = layer(empty)
+                loss = tf.reduce_sum(out)
+            return out, tape.gradient(loss, layer.trainable_variables)
+
+        out, grads = (tf.function(call) if traced else call)(tf.zeros([0, 2]))
         assert out.shape == (0, width)
-        for grad in tape.gradient(loss, layer.trainable_variables):
+        for grad in grads:
             assert grad is None or float(tf.reduce_sum(tf.abs(grad))) == 0.0
+        assert layer.compiled_path == ("solve" if traced else "none"), layer.compiled_path
 
 
+@pytest.mark.plain_graph  # XLA took 45 of this test's 50 s (every replica shape compiled);
 def test_a_last_batch_smaller_than_the_replicas_trains(two_device_strategies):
-    """33 samples in batches of 16: the last global batch (1 sample) leaves one replica empty."""
+    """33 samples in batches of 16: the last global batch (1 sample) leaves one replica empty.
+
+    (Compiled empty batches: ``test_empty_batches_give_empty_outputs_and_zero_gradients``.)"""
     _, mirrored = two_device_strategies
     x = np.random.RandomState(0).randn(33, 2).astype("float32")
     with mirrored.scope():
