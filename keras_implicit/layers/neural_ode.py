@@ -40,7 +40,8 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         max_num_steps: bound on the steps of one solve.
         jit_dynamics: ``"auto"`` (default), ``True`` or ``False``: what XLA
             compiles (see ``ki.ops.odeint``). The config keeps ``"auto"``,
-            decided again on each machine and at each trace.
+            decided again on each machine and at each trace;
+            ``compiled_path`` is the path the last call took.
         step_control: the step-size controller of adaptive solvers (``None``:
             ``ki.solvers.IController()``; ``ki.solvers.PIDController(...)``;
             both take ``min_step``, ``max_step``, ``jump_times``).
@@ -130,6 +131,9 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             self.options, solve_precision.evaluation_dtype(self.compute_dtype,
                                                            compute_dtype(dynamics)), owner,
             gradient=gradient)
+        #: What XLA compiled in the last call (``"none"``, ``"dynamics"``, ``"step"``,
+        #: ``"solve"``; eager calls: ``"none"``); ``None`` before the first call.
+        self.compiled_path = None
         # `call` casts the state to the compute dtype itself: autocasting would round
         # `solution_times` (times, not features) to float16 or bfloat16 as well.
         self.autocast = False
@@ -237,6 +241,7 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         times, skip = self._times(solution_times)
         result = self._odeint(inputs, times)
         stats = result.stats
+        self.compiled_path = stats.compiled
         values = {"nfe_forward": stats.forward_nfe, "steps_accepted": stats.accepted_steps,
                   "steps_rejected": stats.rejected_steps}
         if self.event is not None:

@@ -272,6 +272,9 @@ def test_the_layer_keeps_auto_in_its_config_and_reports_the_path(tmp_path):
     model.fit(x, x[:, :1], epochs=1, verbose=0)
     layer = model.get_layer("ode")
     assert layer.get_config()["jit_dynamics"] == "auto"
+    assert layer.compiled_path == "solve"  # a dense dynamics: the whole solve, in fit
+    layer(x)
+    assert layer.compiled_path == "none"  # an eager call compiles nothing
     with pytest.raises(ValueError, match="jit_dynamics='yes'"):
         ki.layers.NeuralODE(ki.layers.ConcatDense(4), jit_dynamics="yes")
     with pytest.raises(ValueError, match="jit_dynamics=True"):
