@@ -5,6 +5,12 @@ import pathlib
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One intra-op thread per process: pytest-xdist already runs one worker per core, and
+# TensorFlow's default (a thread per core in every worker, and in the worker processes the
+# distribution tests start, which inherit this) spent CPU on contention: the layer contract
+# and compile-policy modules took 254 and 261 user CPU-seconds against 290 and 277 (two A/B
+# pairs on 2 cores, 2026-12-02).
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
