@@ -52,14 +52,19 @@ class Anderson(base.FixedPointSolver):
         In TensorFlow's graph the histories are tuples of ``m`` ``(batch, dim)`` tensors,
         oldest first: a new one shifts the tuples, which copies nothing. Under XLA a
         while loop's state must stay in place, so a shift copies all ``2 m`` tensors at
-        every iteration and holds the history twice; there they are ``(m, batch, dim)``
-        rings instead, written one slot per iteration (slot ``updates % m``)."""
+        every iteration and holds the history twice; there they are ``(batch, m, dim)``
+        rings instead, written one slot per iteration (slot ``updates % m``). Batch-major,
+        so that the Gram row and the mixing are batched products XLA runs without
+        transposing the ring: ``(m, batch, dim)`` rings cost a ring-sized temporary per
+        iteration (a compiled solve with memory 20 peaked at 32.3 MiB, now 12.3 MiB; the
+        graph's tuples: 16.2 MiB; width 1024, batch 64)."""
         linear = state_ops.control_dtype(z0.dtype)
         gram = tf.zeros(tf.concat([tf.shape(z0)[:1], [self.memory, self.memory]], 0), linear)
-        # (An empty state keeps the tuples: TensorFlow refuses a scatter into a tensor
-        # whose static shape holds no element, and an empty solve has nothing to copy.)
+        # (An empty state keeps the tuples: it has nothing to copy, and a ring of static
+        # size 0 once failed to trace.)
         if state_ops.in_xla() and z0.shape.num_elements() != 0:
-            ring = tf.zeros(tf.concat([[self.memory], tf.shape(z0)], 0), z0.dtype)
+            ring = tf.zeros(tf.concat([tf.shape(z0)[:1], [self.memory], tf.shape(z0)[1:]], 0),
+                            z0.dtype)
             return (ring, ring, gram, tf.constant(0, tf.int32))
         zeros = tf.zeros_like(z0)
         return ((zeros,) * self.memory, (zeros,) * self.memory, gram, tf.constant(0, tf.int32))
@@ -83,11 +88,10 @@ class Anderson(base.FixedPointSolver):
             filled = tf.range(m) >= m - tf.minimum(updates + 1, m)
         else:
             slot = updates % m
-            index = tf.reshape(slot, [1, 1])
-            images = tf.tensor_scatter_nd_update(images, index, fz[None])
-            residuals = tf.tensor_scatter_nd_update(residuals, index, g[None])
-            row = tf.einsum("mbd,bd->bm", tf.cast(residuals, gram.dtype), g_linear)
             new = tf.equal(tf.range(m), slot)
+            images = tf.where(new[:, None], fz[:, None], images)
+            residuals = tf.where(new[:, None], g[:, None], residuals)
+            row = tf.einsum("bmd,bd->bm", tf.cast(residuals, gram.dtype), g_linear)
             gram = tf.where(new[:, None], row[:, None, :],
                             tf.where(new[None, :], row[:, :, None], gram))
             filled = tf.range(m) < tf.minimum(updates + 1, m)
@@ -121,9 +125,9 @@ class Anderson(base.FixedPointSolver):
 
 def _combine(alpha, rows):
     """``sum_i alpha[:, i] * rows[i]`` for ``alpha`` ``(batch, m)`` and ``m`` rows ``(batch,
-    dim)``: a tuple, or a ring ``(m, batch, dim)``."""
+    dim)``: a tuple, or a ring ``(batch, m, dim)``."""
     if not isinstance(rows, tuple):
-        return tf.reduce_sum(tf.transpose(alpha)[:, :, None] * rows, axis=0)
+        return tf.einsum("bm,bmd->bd", alpha, rows)
     out = None
     for i, r in enumerate(rows):
         term = alpha[:, i:i + 1] * r
