@@ -60,9 +60,7 @@ class Anderson(base.FixedPointSolver):
         graph's tuples: 16.2 MiB; width 1024, batch 64)."""
         linear = state_ops.control_dtype(z0.dtype)
         gram = tf.zeros(tf.concat([tf.shape(z0)[:1], [self.memory, self.memory]], 0), linear)
-        # (An empty state keeps the tuples: it has nothing to copy, and a ring of static
-        # size 0 once failed to trace.)
-        if state_ops.in_xla() and z0.shape.num_elements() != 0:
+        if state_ops.in_xla():
             ring = tf.zeros(tf.concat([tf.shape(z0)[:1], [self.memory], tf.shape(z0)[1:]], 0),
                             z0.dtype)
             return (ring, ring, gram, tf.constant(0, tf.int32))
