@@ -24,6 +24,34 @@ class ArgumentTypeError(TypeError, ValueError):
     a string where a number belongs is a bad value as much as a bad type (NumPy's
     ``AxisError`` mixes its bases the same way)."""
 
+    # AutoGraph re-raises an error from a traced function as its own type only for the
+    # built-in types and those whose __init__ is Exception's; any other became a
+    # StagingError, which is neither a TypeError nor a ValueError.
+    __init__ = Exception.__init__
+
+
+def _concrete_scalar(value):
+    """A 0-d NumPy array or a scalar tensor with a value now (an eager tensor) as a NumPy
+    scalar; anything else as it is. A variable stays as it is (and is refused): its value
+    read here would not follow later assignments. A symbolic tensor (inside a
+    ``tf.function``) has no value yet, and is refused too."""
+    if getattr(value, "shape", None) != () or hasattr(value, "assign"):
+        return value
+    try:
+        return np.asarray(value)[()]
+    except Exception:  # a symbolic tensor: no value while tracing
+        return value
+
+
+def _refused(name, what, value):
+    """The ``ArgumentTypeError`` for a ``value`` that is not ``what``; a tensor or variable
+    is told what is taken instead."""
+    hint = ""
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.generic):
+        hint = (" (a Python or NumPy number, or a scalar tensor whose value is known now: "
+                "not a variable, nor a tensor of a tf.function being traced)")
+    return ArgumentTypeError(f"`{name}` must be {what}{hint}. Received: {name}={value!r}")
+
 
 def _is_int(value):
     return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool)
@@ -36,9 +64,10 @@ def _is_number(value):
 
 def check_int(name, value, minimum=None, maximum=MAX_INT32):
     """An int in ``[minimum, maximum]`` (bools are refused)."""
-    if not _is_int(value):
-        raise ArgumentTypeError(f"`{name}` must be an int{_range_text(minimum, None, int)}. "
-                                f"Received: {name}={value!r}")
+    number = _concrete_scalar(value)
+    if not _is_int(number):
+        raise _refused(name, f"an int{_range_text(minimum, None, int)}", value)
+    value = number
     if minimum is not None and value < minimum:
         raise ValueError(f"`{name}` must be an int{_range_text(minimum, None, int)}. "
                          f"Received: {name}={value!r}")
@@ -58,9 +87,10 @@ def check_float(name, value, minimum=None, maximum=None, *, exclusive_minimum=Fa
     """A finite number (unless ``allow_infinite``) in the given range, as a float."""
     text = _range_text(minimum, maximum, float, exclusive_minimum, exclusive_maximum)
     kind = "a number" if allow_infinite else "a finite number"
-    if not _is_number(value):
-        raise ArgumentTypeError(f"`{name}` must be {kind}{text}. Received: {name}={value!r}")
-    value = float(value)
+    number = _concrete_scalar(value)
+    if not _is_number(number):
+        raise _refused(name, kind + text, value)
+    value = float(number)
     bad = math.isnan(value) or (not allow_infinite and math.isinf(value))
     if minimum is not None:
         bad = bad or (value <= minimum if exclusive_minimum else value < minimum)

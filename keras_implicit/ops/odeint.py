@@ -292,6 +292,9 @@ def _structured_fn(fn, y0, flat_y0, params):
             out = fn(t, y)
         else:
             out = fn(t, y, tf.nest.pack_sequence_as(params, flat_params))
+        if any(leaf is None for leaf in tf.nest.flatten(out)):
+            raise ValueError(f"`fn` must return d(state)/dt, a tensor for each state tensor. "
+                             f"Received: {out!r}")
         try:
             tf.nest.assert_same_structure(y0, out)
         except (ValueError, TypeError):

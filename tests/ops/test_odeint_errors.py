@@ -91,6 +91,49 @@ def test_dynamics_with_wrong_dtype():
         ki.ops.odeint(lambda t, y: tf.cast(y, tf.float32), Y0, [0.0, 1.0])
 
 
+def test_dynamics_returning_none_names_fn():
+    with pytest.raises(ValueError, match=r"`fn` must return d\(state\)/dt.*Received: None"):
+        ki.ops.odeint(lambda t, y: None, Y0, [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"`fn` must return.*Received: \[None\]"):
+        ki.ops.odeint(lambda t, y: [None], [Y0], [0.0, 1.0])
+
+
+def test_scalar_tensors_with_a_value_are_taken_as_numbers():
+    # rtol/atol as eager tensors or 0-d arrays, as torchdiffeq and TFP take them: the same
+    # solve as with Python floats (to the last bit: the tolerances are the same numbers).
+    expected = ki.ops.odeint(decay, Y0, [0.0, 1.0], rtol=1e-6, atol=1e-8).states
+    for rtol, atol in ((tf.constant(1e-6, tf.float64), np.array(1e-8)),
+                       (np.float32(1e-6), tf.constant(1e-8, tf.float64))):
+        states = ki.ops.odeint(decay, Y0, [0.0, 1.0], rtol=rtol, atol=atol).states
+        np.testing.assert_allclose(states, expected, rtol=1e-6)
+    np.testing.assert_allclose(ki.ops.odeint(decay, Y0, [0.0, 1.0], rtol=1e-6, atol=1e-8,
+                                             max_num_steps=tf.constant(100)).states, expected)
+    euler = ki.ops.odeint(decay, Y0, [0.0, 1.0], solver="euler", num_steps=tf.constant(4))
+    np.testing.assert_allclose(euler.states[-1], Y0.numpy() * 0.75 ** 4, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("rtol", tf.Variable(1e-3)),  # its value read now would not follow later assignments
+    ("rtol", tf.constant([1e-3, 1e-4])),
+    ("atol", tf.constant(True)),
+    ("num_steps", tf.constant(4.0)),
+])
+def test_tensors_that_are_not_numbers_now_are_refused_with_what_is_taken(name, value):
+    kwargs = {name: value, **({"solver": "euler"} if name == "num_steps" else {})}
+    with pytest.raises(TypeError, match=rf"`{name}` must be .*scalar tensor whose value is "
+                                        rf"known now.*Received: {name}=<tf\."):
+        ki.ops.odeint(decay, Y0, [0.0, 1.0], **kwargs)
+
+
+def test_a_tolerance_traced_in_a_tf_function_is_refused_naming_it():
+    @tf.function
+    def solve(rtol):
+        return ki.ops.odeint(decay, Y0, [0.0, 1.0], rtol=rtol).states
+
+    with pytest.raises(TypeError, match=r"`rtol` must be .*tf.function being traced"):
+        solve(tf.constant(1e-3))
+
+
 def test_dynamics_with_wrong_structure():
     with pytest.raises(ValueError, match="structure of the state"):
         ki.ops.odeint(lambda t, y: (y, y), Y0, [0.0, 1.0])
