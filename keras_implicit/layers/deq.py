@@ -1,5 +1,6 @@
 """``DEQ``: a Keras layer whose output is the fixed point of a cell."""
 
+import inspect
 import warnings
 
 import keras
@@ -47,6 +48,25 @@ def migrate_legacy_gradient(config):
         phantom = {"steps": legacy.get("phantom_steps"), "damping": legacy.get("damping")}
         config["gradient"] = Phantom(**{k: v for k, v in phantom.items() if v is not None})
     return config
+
+
+def _check_cell_call(cell):
+    """Refuses a layer whose ``call`` does not take ``(z, x)`` positionally (a ``Dense``,
+    a ``Sequential``: ``x`` would be taken as ``training``)."""
+    try:
+        parameters = list(inspect.signature(cell.call).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: the first call tells
+        return
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return
+    positional = [p.name for p in parameters if p.kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2 or positional[1] in ("training", "mask"):
+        raise TypeError(
+            f"`cell` must be a Keras layer with call(z, x): the state z and the injection "
+            f"x (e.g. ki.layers.DEQDenseCell, or a layer of your own combining z and x). "
+            f"Received: cell={cell.__class__.__name__} {cell.name!r} whose call takes "
+            f"({', '.join(positional)})")
 
 
 @keras.saving.register_keras_serializable(package="keras_implicit")
@@ -141,6 +161,7 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
         if not isinstance(cell, keras.layers.Layer):
             raise TypeError(
                 f"`cell` must be a Keras layer with call(z, x). Received: cell={cell!r}")
+        _check_cell_call(cell)
         self.cell = cell
         self.options = FixedPointOptions(solver, tol, max_iter, stop_mode, gradient, on_failure,
                                          jit_cell)

@@ -190,6 +190,12 @@ def test_bad_arguments():
         ki.layers.DEQ(cell, jit_cell="yes")
     with pytest.raises(TypeError, match="`cell` must be a Keras layer"):
         ki.layers.DEQ(lambda z, x: z)
+    # A Dense or a Sequential would take x as `training` and fail deep in Keras.
+    with pytest.raises(TypeError, match=r"call\(z, x\).*cell=Dense 'd' whose call takes "
+                                        r"\(inputs, training\)"):
+        ki.layers.DEQ(keras.layers.Dense(4, name="d"))
+    with pytest.raises(TypeError, match=r"call\(z, x\).*whose call takes \(inputs, training"):
+        ki.layers.DEQ(keras.Sequential([keras.layers.Dense(4)]))
     with pytest.raises(ValueError, match=r"must return the next z with z's shape \(None, 3\)"):
         ki.layers.DEQ(_ShapeChanging(), state_shape=(3,))(keras.Input((4,)))
     with pytest.raises(ValueError, match="`groups` must divide `hidden_channels`"):
