@@ -11,7 +11,9 @@ step's own peak of TensorFlow's CPU allocator above what it held before (this
 module switches the allocator's statistics on before TensorFlow starts, as
 under asv, which runs each benchmark in a fresh process).
 
-    python -m benchmarks.bench_gradient_memory   # prints the table (each case in its own process)
+    python -m benchmarks.bench_gradient_memory [--intervals 1,2,4,8]
+        [--gradients adjoint,checkpointed,checkpointed_4,backprop]
+        # prints the table (each case in its own process)
 """
 
 import os
@@ -75,16 +77,40 @@ def _one(t1, gradient, repeats=5):
             "seconds": seconds, "nfe_forward": case.track_nfe_forward(t1, gradient)}
 
 
-def main():
+def _arguments(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--intervals", default=",".join(f"{t:g}" for t in INTERVALS),
+                        help="the ends T of the intervals [0, T], comma-separated, each > 0")
+    parser.add_argument("--gradients", default=",".join(GRADIENTS),
+                        help=f"comma-separated, among {GRADIENTS}")
+    args = parser.parse_args(argv)
+    try:
+        intervals = [float(t) for t in args.intervals.split(",")]
+    except ValueError:
+        intervals = []
+    if not intervals or not all(0 < t < float("inf") for t in intervals):
+        parser.error(f"--intervals must be comma-separated numbers > 0. "
+                     f"Received: --intervals={args.intervals!r}")
+    gradients = args.gradients.split(",")
+    unknown = sorted(set(gradients) - set(GRADIENTS))
+    if unknown:
+        parser.error(f"--gradients must be among {GRADIENTS}. Received: {unknown}")
+    return intervals, gradients
+
+
+def main(argv=None):
     import json
     import subprocess
     import sys
 
     import numpy as np
 
+    intervals, gradients = _arguments(argv)
     rows = []
-    for t1 in INTERVALS:
-        for gradient in GRADIENTS:
+    for t1 in intervals:
+        for gradient in gradients:
             code = ("import json; from benchmarks import bench_gradient_memory as b; "
                     f"print(json.dumps(b._one({t1}, {gradient!r})))")
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -95,16 +121,18 @@ def main():
           "| checkpointed / backprop time | checkpointed(4) / backprop time |")
     print("|---|---|---|---|---|---|---|---|")
     by = {(r["t1"], r["gradient"]): r for r in rows}
-    for t1 in INTERVALS:
-        a, c, c4, b = (by[(t1, g)] for g in GRADIENTS)
-        print(f"| {t1:g} | {b['nfe_forward']} | {a['step_memory_mib']:.1f} | "
-              f"{c['step_memory_mib']:.1f} | {c4['step_memory_mib']:.1f} | "
-              f"{b['step_memory_mib']:.1f} | {c['seconds'] / b['seconds']:.2f} | "
-              f"{c4['seconds'] / b['seconds']:.2f} |")
-    for gradient in GRADIENTS:
-        nfe = np.log([by[(t, "backprop")]["nfe_forward"] for t in INTERVALS])
-        memory = np.log([by[(t, gradient)]["step_memory_mib"] for t in INTERVALS])
-        print(f"{gradient}: memory ~ NFE^{np.polyfit(nfe, memory, 1)[0]:.2f}")
+    if set(gradients) == set(GRADIENTS):
+        for t1 in intervals:
+            a, c, c4, b = (by[(t1, g)] for g in GRADIENTS)
+            print(f"| {t1:g} | {b['nfe_forward']} | {a['step_memory_mib']:.1f} | "
+                  f"{c['step_memory_mib']:.1f} | {c4['step_memory_mib']:.1f} | "
+                  f"{b['step_memory_mib']:.1f} | {c['seconds'] / b['seconds']:.2f} | "
+                  f"{c4['seconds'] / b['seconds']:.2f} |")
+    if len(intervals) > 1:  # a slope needs two intervals
+        for gradient in gradients:
+            nfe = np.log([by[(t, gradient)]["nfe_forward"] for t in intervals])
+            memory = np.log([by[(t, gradient)]["step_memory_mib"] for t in intervals])
+            print(f"{gradient}: memory ~ NFE^{np.polyfit(nfe, memory, 1)[0]:.2f}")
 
 
 if __name__ == "__main__":

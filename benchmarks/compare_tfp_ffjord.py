@@ -8,16 +8,23 @@ machine load affects both. Run from the repository root:
 
     python -m benchmarks.compare_tfp_ffjord [--repeats 15] [--json out.json]
 
+(or ``python benchmarks/compare_tfp_ffjord.py ...``, as its sibling scripts run).
+
 Also reports the cost of one augmented evaluation relative to f alone
 (Hutchinson vs exact trace) for D = 2, 16, 64, 784 with ``--trace-cost``.
 Timings are wall-clock medians; nothing is asserted.
 """
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
-from benchmarks import bench_ffjord, peers
+if __package__ in (None, ""):  # run as a script: the repository root holds `benchmarks`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import bench_ffjord, peers  # noqa: E402
 
 
 def _median(fn, repeats):

@@ -15,6 +15,7 @@ import inspect
 import os
 import pathlib
 import pkgutil
+import subprocess
 import sys
 
 import pytest
@@ -115,3 +116,32 @@ def test_benchmark_runs_once(group_id, module, klass, names):
     finally:
         if teardown is not None:
             teardown(*args)
+
+
+SCRIPTS = sorted(path.name for path in (REPO / "benchmarks").glob("*.py")
+                 if 'if __name__ == "__main__":' in path.read_text())
+
+
+def test_the_scripts_are_found():
+    assert {"compare_torchdiffeq.py", "compare_tfp_ffjord.py", "compare_diffrax.py",
+            "bench_gradient_memory.py"} <= set(SCRIPTS), SCRIPTS
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_answers_help_from_any_directory(script, tmp_path):
+    # As a new user runs them (README: python benchmarks/NAME.py), from another directory:
+    # `--help` prints the usage and runs nothing (bench_gradient_memory.py took --help for a
+    # 3-minute run, and compare_tfp_ffjord.py failed to import its package as a script).
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage:"), result.stdout[:500]
+
+
+def test_bench_gradient_memory_refuses_bad_arguments_before_running(tmp_path):
+    script = str(REPO / "benchmarks" / "bench_gradient_memory.py")
+    for argument, expected in ((["--intervals", "0,1"], "--intervals must be"),
+                               (["--gradients", "adjoint,reverse"], "['reverse']")):
+        result = subprocess.run([sys.executable, script, *argument], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
