@@ -47,9 +47,13 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    from keras_implicit.experiments.arguments import UsageError
+
     args = parse_args(argv)
     try:
         return args._module.run(args)
+    except UsageError as error:  # found once the run starts (--out cannot be made, in use)
+        args._parser.error(" ".join(str(error).split()))
     finally:
         if getattr(args, "run_directory", None) is not None:
             args.run_directory.release()

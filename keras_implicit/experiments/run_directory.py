@@ -152,8 +152,12 @@ class RunDirectory:
 
         if self.earlier is None:
             raise RuntimeError("Call check() before prepare().")
-        os.makedirs(self.out, exist_ok=True)
-        self._lock = open(self._path(LOCK_FILE), "a")
+        try:
+            os.makedirs(self.out, exist_ok=True)
+            self._lock = open(self._path(LOCK_FILE), "a")
+        except OSError as error:  # what check() cannot see: /proc, a read-only mount, ...
+            raise UsageError(f"--out {self.out!r} cannot be created or written: "
+                             f"{error.strerror or error}. Choose another --out.") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

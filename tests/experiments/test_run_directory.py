@@ -61,3 +61,26 @@ def test_check_creates_nothing_and_prepare_needs_it(tmp_path):
     directory.prepare(False)
     directory.release()
     assert sorted(os.listdir(out)) == [".lock", "run.json"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_out_that_passes_the_checks_but_cannot_be_made_is_a_usage_error(capsys):
+    # /proc/...: the nearest existing directory is writable by its permissions (as root),
+    # yet nothing can be created there; the command used to end in a FileNotFoundError
+    # traceback from os.makedirs.
+    from keras_implicit import cli
+
+    out = "/proc/keras_implicit_cannot_exist"
+    directory = run_directory.RunDirectory(out, "demo", {}, NAMES)
+    try:
+        directory.check(False)
+    except UsageError:  # not root: /proc's permissions already refuse it
+        expected = "--out is not writable"
+    else:
+        with pytest.raises(UsageError, match=r"cannot be created or written: .*another --out"):
+            directory.prepare(False)
+        expected = f"--out {out!r} cannot be created or written"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["flow", "--out", out, "--steps", "1"])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
