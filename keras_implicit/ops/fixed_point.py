@@ -164,7 +164,11 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
             parts[i] = t
         for i, t in zip(others, other_xs or []):
             parts[i] = t
-        out = tf.convert_to_tensor(fn(z, tf.nest.pack_sequence_as(x, parts)))
+        out = fn(z, tf.nest.pack_sequence_as(x, parts))
+        if out is None:
+            raise ValueError(f"`fn` must return the next z, a tensor of z's shape. Received: "
+                             f"{out!r}")
+        out = tf.convert_to_tensor(out)
         if not out.shape.is_compatible_with(z.shape):
             raise ValueError(
                 f"`fn` must return the next z, with the shape of z. Received: shape "

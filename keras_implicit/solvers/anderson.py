@@ -45,6 +45,12 @@ class Anderson(base.FixedPointSolver):
         self.regularization = validation.nonnegative_float("regularization", regularization)
         self.damping = base.check_damping(damping)
 
+    def bounded(self, max_iter):
+        # A solve updates at most max_iter times: more slots would stay empty.
+        if self.memory <= max_iter:
+            return self
+        return Anderson(max_iter, self.regularization, self.damping)
+
     def init_state(self, z0):
         """The last ``m`` images ``f_i`` and residuals ``g_i = f_i - z_i``, their residuals'
         Gram matrix ``(batch, m, m)`` in the control dtype, and the number of updates.

@@ -39,6 +39,10 @@ class Broyden(base.FixedPointSolver):
     def __init__(self, memory=10):
         self.memory = validation.positive_int("memory", memory)
 
+    def bounded(self, max_iter):
+        # A solve makes at most max_iter - 1 rank-one updates: more slots would stay empty.
+        return self if self.memory <= max_iter else Broyden(max_iter)
+
     def init_state(self, z0):
         """``(us, vts)``, the rank-one updates ``(batch, m, dim)``; the number of iterations
         so far; the last residual ``g`` and step ``dz`` (the next update needs both)."""

@@ -65,6 +65,14 @@ class FixedPointSolver(Configured):
         both ``(batch, dim)``. Must not call the map."""
         raise NotImplementedError
 
+    def bounded(self, max_iter):
+        """This solver for a solve of at most ``max_iter`` iterations. A solver that keeps
+        a history returns one whose history holds no more than those iterations can fill:
+        the same iterates (to rounding), without allocating what a ``memory`` beyond
+        ``max_iter`` would (``Anderson(memory=10**6)``: a Gram matrix of 10**12 entries per
+        sample)."""
+        return self
+
     @property
     def fusable(self):
         """Whether the solver runs on the shared driver (``update`` implemented, ``solve``

@@ -95,6 +95,7 @@ def iterate(fn, z0, solver, *, tol, max_iter, stop_mode, step_wrapper=None,
         ``(z, stats)``: the image of each sample's best iterate and a
         :class:`FixedPointSolveStats`.
     """
+    solver = solver.bounded(max_iter)
     control = state_ops.control_dtype(z0.dtype)
     use_rel = stop_mode == "rel"
 

@@ -280,6 +280,8 @@ def test_bad_arguments():
         ki.ops.fixed_point(lambda z, x: tf.concat([z, x[:, :1]], 1), x, x)
     with pytest.raises(TypeError, match="dtype of z. Received: dtype float64"):
         ki.ops.fixed_point(lambda z, x: tf.cast(z, tf.float64), x, x)
+    with pytest.raises(ValueError, match=r"`fn` must return the next z.*Received: None"):
+        ki.ops.fixed_point(lambda z, x: None, x, x)
     with pytest.raises(TypeError, match="`z0` must be floating point"):
         ki.ops.fixed_point(fn, x, tf.zeros([2, 3], tf.int32))
     with pytest.raises(ValueError, match="leading batch axis"):

@@ -154,6 +154,26 @@ def test_anderson_of_every_memory_solves_in_a_graph(memory):
     assert int(status) == Status.SUCCESS
 
 
+@pytest.mark.parametrize("solver_class", [Anderson, Broyden])
+def test_a_memory_beyond_max_iter_follows_the_iterates_of_max_iter(solver_class):
+    """A solve updates at most max_iter times, so memory=10**6 allocated a history (and for
+    Anderson a Gram matrix of 10**12 entries per sample) that could never fill: it ran out
+    of memory. It now runs with max_iter slots, eagerly, in a graph and under XLA."""
+    fn, z0 = tanh_problem(top=0.9)
+    huge, bounded = solver_class(memory=10**6), solver_class(memory=8)
+    assert bounded.bounded(8) is bounded and huge.bounded(8).memory == 8
+    assert huge.bounded(8).get_config() == bounded.get_config()
+    z_ref, s_ref = bounded.solve(fn, z0, tol=1e-10, max_iter=8)
+    runs = [lambda z: huge.solve(fn, z, tol=1e-10, max_iter=8),
+            tf.function(lambda z: huge.solve(fn, z, tol=1e-10, max_iter=8)),
+            _xla(lambda z: huge.solve(fn, z, tol=1e-10, max_iter=8))]
+    for run in runs:
+        z, stats = run(z0)
+        assert int(stats.iterations) == int(s_ref.iterations) > 5
+        np.testing.assert_allclose(z.numpy(), z_ref.numpy(), rtol=0, atol=1e-12)
+    assert Picard().bounded(3).get_config() == Picard().get_config()
+
+
 def test_anderson_with_memory_one_is_damped_picard():
     fn, z0 = tanh_problem(top=0.5)
     z_p, s_p = Picard(damping=0.7).solve(fn, z0, tol=1e-9, max_iter=400)
