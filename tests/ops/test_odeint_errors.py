@@ -99,8 +99,8 @@ def test_dynamics_returning_none_names_fn():
 
 
 def test_scalar_tensors_with_a_value_are_taken_as_numbers():
-    # rtol/atol as eager tensors or 0-d arrays, as torchdiffeq and TFP take them: the same
-    # solve as with Python floats (to the last bit: the tolerances are the same numbers).
+    # rtol/atol as eager tensors or 0-d arrays, as torchdiffeq and TFP take them: the solve
+    # of the Python floats they hold (a float32 tolerance is its float32 rounding).
     expected = ki.ops.odeint(decay, Y0, [0.0, 1.0], rtol=1e-6, atol=1e-8).states
     for rtol, atol in ((tf.constant(1e-6, tf.float64), np.array(1e-8)),
                        (np.float32(1e-6), tf.constant(1e-8, tf.float64))):
