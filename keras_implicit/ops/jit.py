@@ -16,6 +16,7 @@ import collections
 import re
 import warnings
 
+import numpy as np
 import tensorflow as tf
 
 from keras_implicit import validation
@@ -65,8 +66,11 @@ def inside_xla():
 
 
 def check_jit(name, value):
-    """``"auto"``, ``True`` or ``False``; anything else is a ``ValueError`` naming ``name``."""
-    if value is True or value is False or (isinstance(value, str) and value == "auto"):
+    """``"auto"``, ``True`` or ``False`` (a NumPy bool is taken as the bool it holds); anything
+    else is a ``ValueError`` naming ``name``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value == "auto":
         return value
     raise validation.ArgumentTypeError(
         f"`{name}` must be 'auto', True or False. Received: {name}={value!r}")
