@@ -58,6 +58,8 @@ class FFJORD(tfp.bijectors.Bijector):
         axes reduced. ``solve`` returns a ``FlowSolution`` with the regularisers
         and solver statistics; ``forward_regularization`` /
         ``inverse_regularization`` read the regularisers from the cache.
+        ``compiled_path`` says what XLA compiled in the last solve
+        (``jit_dynamics``; also ``FlowSolution.stats.compiled``).
 
     Mixed precision: the flow's state (the sample, the log-determinant and
     the regularisers) is integrated in float32 when the input or the dynamics
@@ -121,6 +123,9 @@ class FFJORD(tfp.bijectors.Bijector):
                          validate_args=validate_args, parameters=parameters, name=name)
         self._track_variables()
         self._fn_cache = {}  # traced right-hand sides, one per estimator/regulariser choice
+        #: What XLA compiled in the last solve (``"none"``, ``"dynamics"``, ``"step"``,
+        #: ``"solve"``: ``ODEStats.compiled``); ``None`` before the first.
+        self.compiled_path = None
 
     @classmethod
     def _parameter_properties(cls, dtype):
@@ -262,6 +267,7 @@ class FFJORD(tfp.bijectors.Bijector):
             odeint_options=self._solve_kwargs)
         if len(self._dynamics_variables) != len(self._dynamics.variables):
             self._track_variables()  # the dynamics were built by this solve
+        self.compiled_path = solution.stats.compiled
 
         def unflatten(value, shape):
             return None if value is None else tf.reshape(value, shape)

@@ -48,7 +48,8 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
 
     Returns:
         ``log p(inputs)``, shape ``(batch,)``. Also ``log_prob(x, seed=None)``
-        and ``sample(n, seed=None)``; ``trace`` is settable (``"exact"`` for
+        and ``sample(n, seed=None)``; ``compiled_path`` says what XLA compiled
+        in the last solve (``jit_dynamics``); ``trace`` is settable (``"exact"`` for
         evaluation, also after loading); ``export_saved_model(path)`` writes a
         SavedModel with ``log_prob``, ``log_prob_exact``,
         ``log_prob_hutchinson`` and ``sample`` endpoints.
@@ -110,6 +111,9 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         self.seed = seed
         self._seed_generator = keras.random.SeedGenerator(seed)
         object.__setattr__(self, "_flow_blocks", None)  # FFJORDs are not Keras-tracked
+        #: What XLA compiled in the last solve of the last call (``"none"``,
+        #: ``"dynamics"``, ``"step"``, ``"solve"``); ``None`` before the first.
+        self.compiled_path = None
         logged = ["loss", "nll", "bits_per_dim", *self.flow_options["regularizers"],
                   "nfe_forward", "nfe_backward"]
         self._trackers = {name: keras.metrics.Mean(name=name) for name in logged}
@@ -205,6 +209,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
             solution = block.solve(z, "inverse", seed=block_seed, on_backward=on_backward)
             z, log_det = solution.output, log_det + solution.log_det_jacobian
             nfe += solution.stats.forward_nfe
+            self.compiled_path = solution.stats.compiled
             for name in regs:
                 regs[name] += getattr(solution, name)
         return self._base_log_prob(z) + log_det, regs, nfe
@@ -235,7 +240,9 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
             z = tf.random.stateless_normal(shape, trace_lib.stateless_seed(seed),
                                            dtype=self.state_dtype)
         for block in self.bijectors:
-            z = block.solve(z, "forward", log_det=False).output
+            solution = block.solve(z, "forward", log_det=False)
+            z = solution.output
+            self.compiled_path = solution.stats.compiled
         return z
 
     # ----------------------------------------------------------------- training

@@ -66,6 +66,7 @@ class LatentODE(keras.Model):
 
     Returns:
         ``(batch, T, obs_dim)``: the decoded mean at every time of ``inputs``.
+        ``compiled_path`` says what XLA compiled in the last solve.
 
     Mixed precision: under a mixed policy the encoder, dynamics and decoder
     run in the compute dtype; times and observations stay float32 (times are
@@ -168,6 +169,13 @@ class LatentODE(keras.Model):
     @property
     def metrics(self):
         return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
+
+    @property
+    def compiled_path(self):
+        """What XLA compiled in the latent ODE's last solve (``NeuralODE.compiled_path``:
+        ``"step"`` under ``jit_dynamics="auto"`` for a dense dynamics in ``fit``, whose
+        union of a batch's times has a length known only at run time)."""
+        return self.latent_ode.compiled_path
 
     @property
     def observation_std(self):

@@ -277,8 +277,35 @@ def test_the_layer_keeps_auto_in_its_config_and_reports_the_path(tmp_path):
     assert layer.compiled_path == "none"  # an eager call compiles nothing
     with pytest.raises(ValueError, match="jit_dynamics='yes'"):
         ki.layers.NeuralODE(ki.layers.ConcatDense(4), jit_dynamics="yes")
+    # A NumPy bool (e.g. from a config read with NumPy) is the bool it holds; 1 is not.
+    config = ki.layers.NeuralODE(ki.layers.ConcatDense(4), jit_dynamics=np.True_).get_config()
+    assert config["jit_dynamics"] is True
+    assert ki.layers.DEQ(ki.layers.DEQDenseCell(), jit_cell=np.False_).jit_cell is False
+    with pytest.raises(ValueError, match="jit_cell=1"):
+        ki.layers.DEQ(ki.layers.DEQDenseCell(), jit_cell=1)
     with pytest.raises(ValueError, match="jit_dynamics=True"):
         ki.layers.NeuralODE(ki.layers.ConcatDense(4), solver="bdf", jit_dynamics=True)
+
+
+def test_flows_and_latent_odes_report_the_path_of_their_last_solve():
+    x = np.random.RandomState(4).randn(16, 2).astype("float32")
+    flow = ki.models.ContinuousFlow(hidden_units=(8,), rtol=1e-3, atol=1e-3, seed=0)
+    flow.compile(keras.optimizers.Adam(1e-3))
+    assert flow.compiled_path is None
+    flow.fit(x, batch_size=16, epochs=1, verbose=0)
+    # A dense dynamics under the adjoint: the whole solve, in the flow and in its FFJORD.
+    assert flow.compiled_path == "solve" and flow.bijectors[0].compiled_path == "solve"
+    flow.log_prob(x)
+    assert flow.compiled_path == "none" and flow.bijectors[0].compiled_path == "none"
+    data = ki.datasets.spirals(8, num_points=10, seed=0, min_observations=3,
+                               max_observations=5)
+    model = ki.models.LatentODE(2, 2, 4, seed=1)
+    model.compile(keras.optimizers.Adam(1e-2))
+    assert model.compiled_path is None
+    model.fit({k: data[k] for k in ("observations", "times", "mask")}, batch_size=8,
+              epochs=1, verbose=0)
+    # The union of a batch's times has a length known at run time only: trial steps.
+    assert model.compiled_path == "step" == model.latent_ode.compiled_path
 
 
 def test_a_compiled_function_returns_its_scalars_of_one_dtype_as_one_output():
