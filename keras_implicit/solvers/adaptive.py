@@ -347,8 +347,7 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
         held = tf.equal(status, Status.SUCCESS)
 
         def body(i, outs):
-            values = [tf.where(held, v, tf.fill(tf.shape(v), tf.constant(float("nan"), v.dtype)))
-                      for v in state["y"]]
+            values = [state_ops.nan_unless(held, v) for v in state["y"]]
             return i + 1, [ta.write(i, v) for ta, v in zip(outs, values)]
 
         if not self.interpolates:  # two times: the steps wrote nothing, the end is output 1

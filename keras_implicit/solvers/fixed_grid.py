@@ -149,7 +149,7 @@ class _FixedGridLoop(loop_lib.SolverLoop):
         """Writes NaN into the outputs a refused solve (unrepresentable steps) did not reach."""
 
         def body(i, outs):
-            return i + 1, [ta.write(i, tf.fill(tf.shape(v), tf.constant(float("nan"), v.dtype)))
+            return i + 1, [ta.write(i, state_ops.nan_unless(tf.constant(False), v))
                            for ta, v in zip(outs, state["y"])]
 
         out_index, outputs = tf.while_loop(lambda i, _: i < self.num_times, body,

@@ -112,6 +112,20 @@ def choose(condition, if_true, if_false):
     return tf.cond(condition, lambda: if_true, lambda: if_false)
 
 
+@tf.custom_gradient
+def nan_unless(reached, x):
+    """``x`` where the scalar ``reached`` holds, else NaN: an output a failed solve did not
+    reach. Its gradient is NaN wherever a loss depends on such an output (a nonzero
+    cotangent), as the adjoint's is, instead of the zero a select would give; an unused
+    unreached output leaves the gradient alone."""
+    nan = tf.constant(float("nan"), x.dtype)
+
+    def grad(dy):
+        return None, tf.where(reached, dy, tf.where(tf.equal(dy, 0), tf.zeros_like(dy), nan))
+
+    return tf.where(reached, x, tf.fill(tf.shape(x), nan)), grad
+
+
 _XLA = threading.local()
 
 

@@ -174,3 +174,31 @@ def test_a_crafted_config_is_checked_when_loaded():
                           "config": {"atol": -1.0}, "registered_name": "keras_implicit>Adjoint"}
     with pytest.raises(ValueError, match="atol=-1.0"):
         ki.layers.NeuralODE.from_config(config)
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "backprop", "checkpointed"])
+def test_a_loss_on_what_a_failed_solve_did_not_reach_has_nan_gradients(gradient):
+    """on_failure="ignore" and a solve out of steps: its unreached outputs are NaN, and so
+    is the gradient of a loss on them for every strategy. Backprop and checkpointed gave
+    0 there (an optimizer's silent zero step); a loss on a reached output keeps its
+    exact gradient."""
+    a = tf.Variable(0.7, dtype=tf.float64)
+    y0 = tf.constant([1.3, -0.4], tf.float64)
+
+    @tf.function
+    def run(output):
+        with tf.GradientTape() as tape:
+            tape.watch(y0)
+            result = ki.ops.odeint(lambda t, y: -a * y, y0, [0.0, 0.5, 1.0],
+                                   gradient=gradient, on_failure="ignore", max_num_steps=3,
+                                   rtol=1e-10, atol=1e-10, jit_dynamics=False)
+            loss = tf.reduce_sum(result.states[output])
+        return result.stats.status, loss, tape.gradient(loss, [y0, a])
+
+    status, loss, grads = run(-1)
+    assert int(status) == int(ki.ops.Status.MAX_STEPS_REACHED) and np.isnan(float(loss))
+    assert all(np.all(np.isnan(g.numpy())) for g in grads), grads
+    if gradient != "adjoint":  # the adjoint's backward solve starts from the NaN state
+        _, _, (grad_y0, grad_a) = run(0)
+        np.testing.assert_array_equal(grad_y0.numpy(), [1.0, 1.0])
+        assert grad_a is None or float(grad_a) == 0.0
