@@ -1,26 +1,22 @@
-"""Which pieces of a solve XLA compiles (the plans), and the probe that decides whether they
-compile (``xla_function.compile_whole`` compiles them).
+"""Which pieces of a solve XLA compiles (the plans), decided at trace time with
+``xla_probe`` (whether they compile) and compiled by ``xla_function``.
 
 XLA fuses the many small ops of a typical Keras dynamics or cell (GroupNorm,
-concatenations, activations) into a few kernels. Whether a function compiles
-is only known once XLA sees its graph, and a failure would surface only when
-the graph runs; ``probe`` lowers the function to HLO at trace time, on the
-concrete signature with unknown dimensions set to 1, without running it, so a
-``"auto"`` choice is made deterministically before anything executes. A
-function whose support depends on a dimension that was unknown (rare: XLA
-needs static shapes only for a few ops) is then compiled at run time with the
-real shapes; if that fails, the error is XLA's, at the first call.
+concatenations, activations) into a few kernels; where that pays, and where
+TensorFlow's own kernels win, is the plans' rule (``plan_ode``,
+``plan_fixed_point``).
 """
 
 import collections
-import re
 import warnings
 
 import numpy as np
 import tensorflow as tf
 
 from keras_implicit import validation
-from keras_implicit.ops.xla_function import compile_whole
+from keras_implicit.ops.xla_function import compile_solve, compile_whole
+from keras_implicit.ops.xla_probe import (UNPROBED, compiles_parts, convolves, probe,
+                                          traced_nodes)
 from keras_implicit.solvers import state as state_ops
 
 JIT_CHOICES = ("auto", True, False)
@@ -76,138 +72,8 @@ def check_jit(name, value):
         f"`{name}` must be 'auto', True or False. Received: {name}={value!r}")
 
 
-#: ``probe``'s reason for a function whose variables are not initialized yet.
-UNINITIALIZED = "the variables it reads are not initialized yet (a tf.function's first trace)"
-
-
-class Probe(collections.namedtuple("Probe", ["ok", "reason", "hlo"])):
-    """Whether a function lowers to XLA: ``ok``, the refusal's ``reason`` (the ops XLA has
-    no kernel for, or the error's first line), and the ``hlo`` text when it lowers."""
-
-    __slots__ = ()
-
-
-def _static_spec(x):
-    x = tf.convert_to_tensor(x) if not isinstance(x, tf.TensorSpec) else x
-    if x.shape.rank is None:
-        raise ValueError("rank unknown")
-    return tf.TensorSpec([1 if d is None else d for d in x.shape.as_list()], x.dtype)
-
-
-def _flat_traceable(fn, args):
-    """``(flat, specs)``: ``fn`` on the flat leaves of ``args`` (as the compiler-IR API
-    takes them) and their static specs; ``ValueError`` for an input of unknown rank."""
-    specs = [_static_spec(x) for x in tf.nest.flatten(args)]
-
-    def flat(*leaves):
-        return fn(*tf.nest.pack_sequence_as(args, list(leaves)))
-
-    return flat, specs
-
-
-def probe(fn, *args):
-    """Lowers ``fn(*args)`` to HLO without running it; returns a :class:`Probe`.
-
-    ``args`` are tensors (symbolic ones too) or ``tf.TensorSpec``\\ s, possibly
-    nested; unknown dimensions are probed as 1.
-    """
-    try:
-        flat, specs = _flat_traceable(fn, args)
-    except ValueError:
-        return Probe(False, "the input rank is unknown", None)
-    compiled = tf.function(flat, jit_compile=True, autograph=False)
-    try:
-        # Traced in the caller's graph, whose tensors ``fn`` may capture.
-        concrete = compiled.get_concrete_function(*specs)
-        # Lowered outside the caller's graph: TensorFlow creates a random op to find the
-        # device, which would otherwise run at every call of the traced function.
-        with tf.init_scope():
-            # Variables created in a tf.function's first trace are initialized only after
-            # it (the function is then traced again): lowering would fail on them.
-            if not all(_initialized(v) for v in concrete.variables):
-                return Probe(False, UNINITIALIZED, None)
-            lowered, lowered_specs = _graph_captures_as_arguments(compiled, concrete, specs)
-            hlo = lowered.experimental_get_compiler_ir(*lowered_specs)(stage="hlo")
-    except Exception as error:  # XLA's refusals come as several exception types
-        return Probe(False, _reason(error), None)
-    return Probe(True, None, hlo)
-
-
-def _graph_captures_as_arguments(compiled, concrete, specs):
-    """``(function, specs)`` to lower in place of ``compiled`` at ``specs``.
-
-    Lowering evaluates a function's captured tensors, so a tensor of the caller's
-    graph that ``fn`` closes over (``odeint(lambda t, y: -scale * y, ...)`` with
-    ``scale`` computed in the same ``tf.function``) cannot be lowered as it is.
-    Such captures become arguments of static spec (XLA compiles them as arguments
-    when the solve runs too); variables and constants stay captured.
-    """
-    captures = list(concrete.captured_inputs)
-    symbolic = [tf.is_symbolic_tensor(c) for c in captures]
-    if not any(symbolic):
-        return compiled, specs
-    count = len(specs)
-
-    def lifted(*values):
-        arguments, lifted_captures = list(values[:count]), iter(values[count:])
-        return concrete._call_flat(
-            arguments, [next(lifted_captures) if is_symbolic else c
-                        for c, is_symbolic in zip(captures, symbolic)])
-
-    capture_specs = [_static_spec(tf.TensorSpec(c.shape, c.dtype))
-                     for c, is_symbolic in zip(captures, symbolic) if is_symbolic]
-    return (tf.function(lifted, jit_compile=True, autograph=False),
-            list(specs) + capture_specs)
-
-
-#: TensorFlow ops that XLA lowers to a ``convolution`` (transposed ones included).
-_CONVOLUTIONS = frozenset({"Conv", "Conv2D", "Conv3D", "DepthwiseConv2dNative",
-                           "Conv2DBackpropInput", "Conv3DBackpropInputV2"})
-
-
-def traced_nodes(traced, *args):
-    """The ops of the ``tf.function`` ``traced`` on ``args`` (the graph's and its
-    functions'), or ``None`` when it cannot be traced on static specs (an unknown rank, or
-    an error the solve's own trace will report). ``traced`` keeps the trace, which a call
-    with the same shapes then reuses."""
-    try:
-        graph_def = traced.get_concrete_function(
-            *tf.nest.map_structure(_static_spec, args)).graph.as_graph_def()
-    except Exception:  # the probe, or the solve's trace, says what is wrong
-        return None
-    nodes = list(graph_def.node)
-    for function in graph_def.library.function:
-        nodes.extend(function.node_def)
-    return nodes
-
-
-def convolves(nodes):
-    """Whether traced ops (``traced_nodes``) include a convolution."""
-    return any(node.op in _CONVOLUTIONS for node in nodes)
-
-
-def compiles_parts(nodes):
-    """Whether traced ops (``traced_nodes``, i.e. outside XLA) call functions compiled with
-    ``jit_compile=True`` (e.g. ``layers.group_norm(..., compiled=True)``). Inside XLA
-    such parts are traced plainly (``inside_xla``), so the probe's lowering cannot tell."""
-    return any(node.attr["_XlaMustCompile"].b for node in nodes
-               if node.op in ("PartitionedCall", "StatefulPartitionedCall"))
-
-
-def _initialized(variable):
-    try:
-        return bool(variable.is_initialized())
-    except Exception:  # not every variable kind answers; lowering will tell
-        return True
-
-
-def _reason(error):
-    text = str(error)
-    ops = sorted(set(re.findall(r"XLA_\w+_JIT: (\w+) \(", text)))
-    if ops:
-        return f"XLA has no kernel for {', '.join(ops)}"
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return first[:300]
+#: A plan's reason for a function that draws random numbers.
+RANDOM = "it draws random numbers, which XLA would draw differently from TensorFlow's kernels"
 
 
 def warn_fallback(what, reason):
@@ -257,7 +123,9 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
 
     - after ``disable_auto_jit()``: ``"none"``;
     - eager calls, TFP's solvers, and dynamics XLA refuses (one warning naming
-      the ops): ``"none"``;
+      the ops): ``"none"``; also, without a warning, inputs of unknown rank
+      (nothing to probe) and dynamics that draw random numbers (XLA draws
+      other numbers than TensorFlow's kernels: ``"auto"`` keeps ``False``'s);
     - dynamics with convolutions that compile parts of themselves with XLA
       (``layers.group_norm(..., compiled=True)``, as the ODE-Net's blocks do),
       both seen in a plain trace: ``"none"``, decided before any probe (no
@@ -311,11 +179,13 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
     if nodes is not None and convolves(nodes) and compiles_parts(nodes):
         return plain(_PARTS_REASON)
     result = probe(fn, *args)
-    if result.reason == UNINITIALIZED:  # the trace that follows decides
+    if result.reason in UNPROBED:  # the trace that follows decides, or nothing lowers
         return plain(result.reason)
     if not result.ok:
         warn_fallback("The dynamics (jit_dynamics='auto')", result.reason)
         return plain(result.reason)
+    if result.random:  # "auto" keeps the numbers of False
+        return plain(RANDOM)
     if "convolution(" in result.hlo:
         if nodes is not None and compiles_parts(nodes):  # a convolution op not listed
             return plain(_PARTS_REASON)
@@ -323,7 +193,7 @@ def plan_ode(jit_dynamics, solver, gradient, fn, t, y0, params, *, dense=False,
     if taped:
         return plain(_TAPE_REASON)
     if not dense and static_times:
-        return ODEPlan("solve", None, None, compile_whole, "no convolutions")
+        return ODEPlan("solve", None, None, compile_solve, "no convolutions")
     return ODEPlan("step", None, compile_whole, None,
                    "no convolutions; dense output or output times of unknown number")
 
@@ -341,7 +211,8 @@ class FixedPointPlan(collections.namedtuple(
 
     @classmethod
     def of(cls, kind, reason=None):
-        wrappers = {name: (compile_whole if name.startswith(kind) else None)
+        wrappers = {name: None if not name.startswith(kind) else
+                    compile_solve if name == "solve_wrapper" else compile_whole
                     for name in ("cell_wrapper", "step_wrapper", "iteration_wrapper",
                                  "solve_wrapper")}
         return cls(kind, reason=reason, **wrappers)
@@ -359,7 +230,8 @@ def plan_fixed_point(jit_cell, solver, gradient, fn, args, static_shape=True):
     - after ``disable_auto_jit()``: ``"none"``;
     - eager calls (nothing to amortize a compilation over), states whose
       shape is not static, and maps XLA refuses (one warning naming the
-      ops): ``"none"``;
+      ops): ``"none"``; also, without a warning, inputs of unknown rank and
+      maps that draw random numbers (as for ``plan_ode``);
     - maps with convolutions (found in the HLO): ``"none"``. TensorFlow runs
       them with oneDNN's kernels, and XLA's CPU convolutions cost more than
       fusing the rest saves: one call of the MNIST DEQ cell (batch 64) takes
@@ -389,11 +261,13 @@ def plan_fixed_point(jit_cell, solver, gradient, fn, args, static_shape=True):
     if not static_shape:
         return FixedPointPlan.of("none", "the state's shape is not static")
     result = probe(fn, *args)
-    if result.reason == UNINITIALIZED:  # the trace that follows decides
+    if result.reason in UNPROBED:  # the trace that follows decides, or nothing lowers
         return FixedPointPlan.of("none", result.reason)
     if not result.ok:
         warn_fallback("The cell (jit_cell='auto')", result.reason)
         return FixedPointPlan.of("none", result.reason)
+    if result.random:  # "auto" keeps the numbers of False
+        return FixedPointPlan.of("none", RANDOM)
     if "convolution(" in result.hlo:
         return FixedPointPlan.of("none", "convolutions")
     if getattr(gradient, "name", None) == "unrolled":

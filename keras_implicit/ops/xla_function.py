@@ -8,11 +8,12 @@ leave the program as one vector each and are unstacked outside.
 import collections
 
 import tensorflow as tf
+from tensorflow.python.eager import record
 
 from keras_implicit.solvers import state as state_ops
 
 
-def compile_whole(fn):
+def compile_whole(fn, recorded=True):
     """``fn`` as one XLA program (a ``tf.function(jit_compile=True)``).
 
     Its scalar outputs of one dtype leave the program as one vector, unstacked
@@ -22,6 +23,8 @@ def compile_whole(fn):
     78 us for them (measured on 2 CPU cores: a compiled call with seven
     outputs took 21.6 us, with two 14.7 us). Unused statistics are then never
     unstacked.
+
+    ``recorded=False`` hides the call from gradient tapes (``compile_solve``).
     """
     def traced(*args, **kwargs):
         with state_ops.tracing_for_xla():
@@ -34,10 +37,23 @@ def compile_whole(fn):
 
     def call(*args, **kwargs):
         concrete = compiled.get_concrete_function(*args, **kwargs)
-        kept, vectors = concrete(*args, **kwargs)
+        if recorded:
+            kept, vectors = concrete(*args, **kwargs)
+        else:
+            with record.stop_recording():
+                kept, vectors = concrete(*args, **kwargs)
         return _unpack_scalars(concrete.graph._keras_implicit_layout, kept, vectors)
 
     return call
+
+
+def compile_solve(fn):
+    """``compile_whole`` for a whole solve, loop included, whose gradient its caller
+    defines (the adjoint's, the implicit function theorem's): the call is hidden from
+    gradient tapes. A persistent tape that recorded it made TensorFlow rewrite the call to
+    return the loop's accumulators (TensorLists), which cannot leave an XLA program:
+    "Support for TensorList crossing the XLA/TF boundary is not implemented"."""
+    return compile_whole(fn, recorded=False)
 
 
 def _pack_scalars(result):

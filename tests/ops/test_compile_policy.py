@@ -158,6 +158,36 @@ def test_auto_reports_the_path_it_chose(make, gradient, expected):
     assert eager.stats.compiled == "none"  # eager calls compile nothing
 
 
+def test_a_persistent_tape_differentiates_the_compiled_whole_solve():
+    """A persistent tape made TensorFlow rewrite the compiled solve's call to return its
+    loop's accumulators, which cannot leave XLA ("Support for TensorList crossing the
+    XLA/TF boundary is not implemented"); the call is hidden from tapes now, as the
+    adjoint defines its gradient."""
+    layer = dense_dynamics()
+    y0 = tf.constant(np.random.RandomState(5).randn(2, 4))
+
+    def run(jit):
+        box = {}
+
+        @tf.function
+        def grads():
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(y0)
+                result = ki.ops.odeint(lambda t, y: layer(y, t=t), y0, [0.0, 1.0], rtol=1e-6,
+                                       atol=1e-6, jit_dynamics=jit)
+                loss = tf.reduce_sum(result.states[-1] ** 2)
+            box["compiled"] = result.stats.compiled
+            return tape.gradient(loss, [y0] + layer.trainable_variables)
+
+        return [g.numpy() for g in grads()], box["compiled"]
+
+    want, _ = run(False)
+    got, compiled = run("auto")
+    assert compiled == "solve"
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_auto_compiles_dynamics_that_close_over_a_tensor_of_the_callers_graph():
     """``scale`` is computed in the same tf.function: lowering the probe cannot evaluate
     it, so it is lowered as an argument (it had fallen back, with a warning)."""
@@ -199,6 +229,42 @@ def test_auto_falls_back_with_one_warning_for_dynamics_xla_cannot_compile():
     reference, _ = solve_and_grad(layer, y0, False, dynamics)
     for a, b in zip(reference, values):
         np.testing.assert_allclose(b, a, rtol=1e-12)
+
+
+def test_auto_keeps_the_random_numbers_of_false_and_warns_only_for_refusals():
+    """Dynamics or cells that draw random numbers run in TensorFlow's graph (XLA draws other
+    numbers); a state of unknown rank cannot be probed. Neither is XLA's refusal: no
+    warning, and the numbers of False."""
+    y0 = tf.constant(np.random.RandomState(6).randn(3, 4))
+
+    def noisy(t, y):
+        return -y + 0.1 * tf.random.stateless_normal(tf.shape(y), [1, 2], dtype=y.dtype)
+
+    def solve(jit, y, dynamics=noisy):
+        result = ki.ops.odeint(dynamics, y, [0.0, 1.0], solver="rk4", num_steps=4,
+                               jit_dynamics=jit)
+        return result.states[-1], result.stats.compiled
+
+    def cell(z, x):
+        return 0.5 * tf.tanh(z) + x + 0.01 * tf.random.stateless_uniform(
+            tf.shape(x), [3, 4], dtype=x.dtype)
+
+    def fixed_point(jit):
+        result = ki.ops.fixed_point(cell, y0, tf.zeros_like(y0), jit_cell=jit)
+        return result.z, result.stats.compiled
+
+    unknown_rank = tf.TensorSpec(None, tf.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any fallback warning fails the test
+        for run, args in [(solve, (y0,)), (fixed_point, ())]:
+            (want, _), (got, path) = (tf.function(run)(jit, *args) for jit in (False, "auto"))
+            np.testing.assert_array_equal(got, want)
+            assert path.numpy() == b"none"
+        traced = tf.function(lambda y: solve("auto", y, lambda t, y: -y),
+                             input_signature=[unknown_rank])
+        got, path = traced(y0)
+        assert path.numpy() == b"none"
+        np.testing.assert_array_equal(got, solve(False, y0, lambda t, y: -y)[0])
 
 
 @pytest.mark.parametrize("gradient", ["backprop", "checkpointed"])
