@@ -111,7 +111,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         self.seed = seed
         self._seed_generator = keras.random.SeedGenerator(seed)
         object.__setattr__(self, "_flow_blocks", None)  # FFJORDs are not Keras-tracked
-        #: What XLA compiled in the last solve of the last call (``"none"``,
+        #: What XLA compiled in the last solve traced or run eagerly (``"none"``,
         #: ``"dynamics"``, ``"step"``, ``"solve"``); ``None`` before the first.
         self.compiled_path = None
         logged = ["loss", "nll", "bits_per_dim", *self.flow_options["regularizers"],
@@ -183,7 +183,7 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
             raise TypeError(f"ContinuousFlow data must be floating point; cast it first. "
                             f"Received: x with dtype={x.dtype.name}")
         if not self.built:
-            self.build(x.shape)
+            self.build(tuple(x.shape))  # a tuple: Keras keeps it for export
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(
                 f"`x` has event shape {tuple(x.shape[1:])} but the ContinuousFlow has "

@@ -104,6 +104,11 @@ def test_saved_model_export_serves_log_prob_and_sample(tmp_path):
     np.testing.assert_allclose(next(iter(served.values())).numpy(), samples, rtol=1e-6)
     served = restored.signatures["log_prob"](x=tf.constant(x))
     np.testing.assert_allclose(next(iter(served.values())).numpy(), expected, rtol=1e-5)
+    # Keras' own export of the fitted model (it failed on the TensorShape that fit built
+    # the flow with), served by TFSMLayer.
+    flow.export(str(tmp_path / "exported"), verbose=False)
+    layer = keras.layers.TFSMLayer(str(tmp_path / "exported"), call_endpoint="serve")
+    np.testing.assert_allclose(layer(tf.constant(x)).numpy(), expected, rtol=1e-5)
 
 
 def test_bad_inputs_name_the_argument_and_value():
