@@ -123,8 +123,9 @@ class FFJORD(tfp.bijectors.Bijector):
                          validate_args=validate_args, parameters=parameters, name=name)
         self._track_variables()
         self._fn_cache = {}  # traced right-hand sides, one per estimator/regulariser choice
-        #: What XLA compiled in the last solve (``"none"``, ``"dynamics"``, ``"step"``,
-        #: ``"solve"``: ``ODEStats.compiled``); ``None`` before the first.
+        #: What XLA compiled in the last solve traced or run eagerly (``"none"``,
+        #: ``"dynamics"``, ``"step"``, ``"solve"``: ``ODEStats.compiled``); ``None``
+        #: before the first.
         self.compiled_path = None
 
     @classmethod

@@ -111,7 +111,11 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
             when XLA cannot compile the cell. ``True`` compiles the cell alone
             (fails loudly); ``False`` compiles nothing. The config stores the
             value as given (``"auto"`` is decided again on each machine);
-            ``compiled_path`` is the path the last call took.
+            ``compiled_path`` is the path of the last call traced or run
+            eagerly (a traced function that runs again does not set it).
+            A model with a DEQ does not compile its whole training step:
+            Keras's ``jit_compile=True`` trains without XLA, with Keras's
+            warning, since a failed solve could not raise under it.
         **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``...).
 
     Call arguments:
@@ -175,12 +179,13 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
                                                              jacobian_penalty)
         self.state_shape = validation.optional(validation.check_shape, "state_shape",
                                                state_shape)
-        # Failures are reported with tf.debugging.Assert / tf.print, which XLA
-        # does not run: keep jit_compile="auto" off (an explicit jit_compile=True
-        # trains, but then non-convergence shows only in the statistics).
+        # Failures are reported with tf.debugging.Assert / tf.print, which XLA does not
+        # run: Keras then compiles no training step with XLA, neither for
+        # jit_compile="auto" nor for an explicit jit_compile=True (which Keras turns
+        # off with its warning "Model doesn't support `jit_compile=True`").
         self.supports_jit = False
-        #: What XLA compiled in the last call (``"none"``, ``"cell"``, ``"solve"``;
-        #: eager calls: ``"none"``); ``None`` before the first call.
+        #: What XLA compiled in the last call traced or run eagerly (``"none"``,
+        #: ``"cell"``, ``"solve"``; eager calls: ``"none"``); ``None`` before the first.
         self.compiled_path = None
 
     solver = property(lambda self: self.options.solver)

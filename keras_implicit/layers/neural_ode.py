@@ -41,7 +41,8 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         jit_dynamics: ``"auto"`` (default), ``True`` or ``False``: what XLA
             compiles (see ``ki.ops.odeint``). The config keeps ``"auto"``,
             decided again on each machine and at each trace;
-            ``compiled_path`` is the path the last call took.
+            ``compiled_path`` is the path of the last call traced or run
+            eagerly (a traced function that runs again does not set it).
         step_control: the step-size controller of adaptive solvers (``None``:
             ``ki.solvers.IController()``; ``ki.solvers.PIDController(...)``;
             both take ``min_step``, ``max_step``, ``jump_times``).
@@ -131,8 +132,9 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             self.options, solve_precision.evaluation_dtype(self.compute_dtype,
                                                            compute_dtype(dynamics)), owner,
             gradient=gradient)
-        #: What XLA compiled in the last call (``"none"``, ``"dynamics"``, ``"step"``,
-        #: ``"solve"``; eager calls: ``"none"``); ``None`` before the first call.
+        #: What XLA compiled in the last call traced or run eagerly (``"none"``,
+        #: ``"dynamics"``, ``"step"``, ``"solve"``; eager calls: ``"none"``); ``None``
+        #: before the first call.
         self.compiled_path = None
         # `call` casts the state to the compute dtype itself: autocasting would round
         # `solution_times` (times, not features) to float16 or bfloat16 as well.
