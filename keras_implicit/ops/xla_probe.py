@@ -61,29 +61,63 @@ def probe(fn, *args):
     """Lowers ``fn(*args)`` to HLO without running it; returns a :class:`Probe`.
 
     ``args`` are tensors (symbolic ones too) or ``tf.TensorSpec``\\ s, possibly
-    nested; unknown dimensions are probed as 1.
+    nested; unknown dimensions are probed as 1. Where ``fn`` defines a gradient
+    of its own (``tf.custom_gradient``, a gradient override), its
+    vector-Jacobian product is lowered too: the compiled plans differentiate
+    inside XLA (the adjoint's and the implicit backward solves), and a gradient
+    XLA refuses would otherwise fail only when the backward pass runs. Other
+    ops' registered gradients compile where the ops do.
     """
     try:
         flat, specs = _flat_traceable(fn, args)
     except ValueError:
         return Probe(False, UNKNOWN_RANK, None, False)
-    compiled = tf.function(flat, jit_compile=True, autograph=False)
     try:
-        # Traced in the caller's graph, whose tensors ``fn`` may capture.
-        concrete = compiled.get_concrete_function(*specs)
-        random = draws_random(_graph_nodes(concrete.graph))
-        # Lowered outside the caller's graph: TensorFlow creates a random op to find the
-        # device, which would otherwise run at every call of the traced function.
-        with tf.init_scope():
-            # Variables created in a tf.function's first trace are initialized only after
-            # it (the function is then traced again): lowering would fail on them.
-            if not all(_initialized(v) for v in concrete.variables):
-                return Probe(False, UNINITIALIZED, None, random)
-            lowered, lowered_specs = _graph_captures_as_arguments(compiled, concrete, specs)
-            hlo = lowered.experimental_get_compiler_ir(*lowered_specs)(stage="hlo")
+        concrete, hlo = _lower(flat, specs)
+        nodes = _graph_nodes(concrete.graph)
+        random = draws_random(nodes)
+        if hlo is None:
+            return Probe(False, UNINITIALIZED, None, random)
+        if defines_gradient(nodes):
+            try:
+                _lower(_vector_jacobian_product(flat), specs)
+            except Exception as error:
+                return Probe(False, f"its gradient: {_reason(error)}", None, random)
     except Exception as error:  # XLA's refusals come as several exception types
         return Probe(False, _reason(error), None, False)
     return Probe(True, None, hlo, random)
+
+
+def _lower(flat, specs):
+    """``(concrete, hlo)``: ``flat`` traced at ``specs`` in the caller's graph (whose
+    tensors it may capture) and lowered to HLO, or ``hlo=None`` when a variable it reads
+    is not initialized yet. XLA's refusals raise."""
+    compiled = tf.function(flat, jit_compile=True, autograph=False)
+    concrete = compiled.get_concrete_function(*specs)
+    # Lowered outside the caller's graph: TensorFlow creates a random op to find the
+    # device, which would otherwise run at every call of the traced function.
+    with tf.init_scope():
+        # Variables created in a tf.function's first trace are initialized only after
+        # it (the function is then traced again): lowering would fail on them.
+        if not all(_initialized(v) for v in concrete.variables):
+            return concrete, None
+        lowered, lowered_specs = _graph_captures_as_arguments(compiled, concrete, specs)
+        return concrete, lowered.experimental_get_compiler_ir(*lowered_specs)(stage="hlo")
+
+
+def _vector_jacobian_product(flat):
+    """``flat``'s gradient with respect to its floating inputs and the variables it reads,
+    for cotangents of ones (what XLA must compile does not depend on their values)."""
+    def vjp(*leaves):
+        inputs = [x for x in leaves if x.dtype.is_floating]
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = [y for y in tf.nest.flatten(flat(*leaves)) if y.dtype.is_floating]
+        return tape.gradient(outputs, inputs + list(tape.watched_variables()),
+                             output_gradients=[tf.ones_like(y) for y in outputs],
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return vjp
 
 
 def _graph_captures_as_arguments(compiled, concrete, specs):
@@ -136,6 +170,12 @@ def _graph_nodes(graph):
     for function in graph_def.library.function:
         nodes.extend(function.node_def)
     return nodes
+
+
+def defines_gradient(nodes):
+    """Whether traced ops (``traced_nodes``) include a gradient of their own: the op that
+    ``tf.custom_gradient`` (Keras' ``ops.custom_gradient`` too) or a gradient override adds."""
+    return any("_gradient_op_type" in node.attr for node in nodes)
 
 
 def draws_random(nodes):

@@ -231,6 +231,47 @@ def test_auto_falls_back_with_one_warning_for_dynamics_xla_cannot_compile():
         np.testing.assert_allclose(b, a, rtol=1e-12)
 
 
+def tanh_with_gradient(compilable):
+    """tanh under ``tf.custom_gradient``, its gradient in TensorFlow ops or in NumPy."""
+    @tf.custom_gradient
+    def tanh(x):
+        y = tf.tanh(x)
+
+        def gradient(dy):
+            if compilable:
+                return dy * (1.0 - y * y)
+            return tf.ensure_shape(tf.numpy_function(lambda d, v: d * (1.0 - v * v), [dy, y],
+                                                     dy.dtype), dy.shape)
+        return y, gradient
+    return tanh
+
+
+@pytest.mark.parametrize("compilable", [True, False])
+def test_auto_probes_a_gradient_the_dynamics_define_themselves(compilable):
+    """The adjoint's backward solve is compiled whole: a custom gradient XLA refuses must
+    make the plan fall back at trace time (it failed in the backward pass at run time),
+    and one XLA compiles must not."""
+    layer = dense_dynamics()
+    tanh = tanh_with_gradient(compilable)
+
+    def dynamics(t, y):
+        return tanh(layer.dense(tf.concat([y, tf.fill([tf.shape(y)[0], 1], t)], -1)))
+
+    y0 = tf.constant(np.random.RandomState(3).randn(3, 4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values, path = solve_and_grad(layer, y0, "auto", dynamics)
+    messages = [str(w.message) for w in caught if "XLA" in str(w.message)]
+    if compilable:
+        assert path == "solve" and not messages
+    else:
+        assert path == "none"
+        assert len(messages) == 1 and "its gradient: XLA has no kernel for PyFunc" in messages[0]
+    reference, _ = solve_and_grad(layer, y0, False, dynamics)
+    for a, b in zip(reference, values):
+        np.testing.assert_allclose(b, a, rtol=1e-12)
+
+
 def test_auto_keeps_the_random_numbers_of_false_and_warns_only_for_refusals():
     """Dynamics or cells that draw random numbers run in TensorFlow's graph (XLA draws other
     numbers); a state of unknown rank cannot be probed. Neither is XLA's refusal: no

@@ -108,6 +108,30 @@ def test_auto_falls_back_with_one_warning_for_a_cell_xla_cannot_compile():
         problem.run(False, fn=cell)  # False is silent
 
 
+def test_auto_falls_back_for_a_cell_whose_own_gradient_xla_cannot_compile():
+    """The implicit backward solve is compiled whole under "auto": a custom gradient that
+    XLA refuses failed there at run time. The probe now lowers it at trace time."""
+    problem = Tanh()
+
+    @tf.custom_gradient
+    def scaled(v):
+        def gradient(dv):
+            return tf.ensure_shape(tf.numpy_function(lambda d: 0.5 * d, [dv], dv.dtype),
+                                   dv.shape)
+        return 0.5 * v, gradient
+
+    def cell(z, x):
+        return scaled(problem.fn(z, x))
+
+    with pytest.warns(UserWarning, match="its gradient: XLA has no kernel for PyFunc") as log:
+        values, path = problem.run("auto", fn=cell)
+    assert path == "none"
+    assert len([w for w in log if "XLA" in str(w.message)]) == 1
+    reference, _ = problem.run(False, fn=cell)
+    for a, b in zip(reference, values):
+        np.testing.assert_array_equal(b, a)
+
+
 def test_the_deq_keeps_auto_in_its_config_and_reports_the_path(tmp_path):
     x = np.random.default_rng(3).normal(size=(8, 4)).astype("float32")
     model = keras.Sequential([keras.Input((4,)), ki.layers.DEQ(
