@@ -95,7 +95,8 @@ def group_norm(name):
 class ODEfunc(torch.nn.Module):
     def __init__(self, prefix):
         super().__init__()
-        self.norm1, self.norm2, self.norm3 = (group_norm(prefix + n) for n in ("norm1", "norm2", "norm3"))
+        self.norm1, self.norm2, self.norm3 = (group_norm(prefix + n)
+                                              for n in ("norm1", "norm2", "norm3"))
         self.conv1, self.conv2 = ConcatConv2d(prefix + "conv1"), ConcatConv2d(prefix + "conv2")
         self.nfe = 0
 

@@ -33,6 +33,6 @@ def test_events_control_and_dense_examples_run(capsys):
 
     bounces = [float(v) for v in re.findall(r"[\d.]+", printed[0])]
     first = np.sqrt(2 * 2.0 / 9.81)
-    np.testing.assert_allclose(bounces, first + np.cumsum([0, 2 * 0.8 * first,
-                                                            2 * 0.64 * first]), rtol=1e-8)
+    expected = first + np.cumsum([0, 2 * 0.8 * first, 2 * 0.64 * first])
+    np.testing.assert_allclose(bounces, expected, rtol=1e-8)
     assert int(printed[1]) == namespace["result"].stats.rejected_steps.numpy()
