@@ -1,12 +1,12 @@
 """``DEQ``: a Keras layer whose output is the fixed point of a cell."""
 
 import inspect
-import warnings
 
 import keras
 import tensorflow as tf
 
 from keras_implicit import validation
+from keras_implicit import user_warnings
 from keras_implicit.layers import deq_cells  # noqa: F401  (registers the cells for loading)
 from keras_implicit.layers import solve_precision
 from keras_implicit.layers.solver_stats import SolverStatsMixin
@@ -34,11 +34,11 @@ def migrate_legacy_gradient(config):
     legacy = {k: config.pop(k) for k in _LEGACY if k in config}
     if not legacy:
         return config
-    warnings.warn(
+    user_warnings.warn(
         f"DEQ options {sorted(legacy)} (keras_implicit 0.1.0) are now options of the gradient "
         f"strategy: gradient=ki.ops.Implicit(solver, tol, max_iter) or "
         f"ki.ops.Phantom(steps, damping). Migrated; save the model again to update its file.",
-        DeprecationWarning, stacklevel=3)
+        DeprecationWarning)
     gradient = config.get("gradient", "implicit")
     if gradient == "implicit":
         config["gradient"] = Implicit(solver=legacy.get("backward_solver"),

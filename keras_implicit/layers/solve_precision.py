@@ -31,10 +31,10 @@ then differ from what the user wrote, and the layers (``NeuralODE``, ``DEQ``,
   has float32's range and Keras does not scale its loss.
 """
 
-import warnings
 
 import tensorflow as tf
 
+from keras_implicit import user_warnings
 from keras_implicit.ops.adjoint import Adjoint
 from keras_implicit.ops.implicit_gradient import Implicit
 from keras_implicit.solvers import state as state_ops
@@ -85,11 +85,11 @@ def _warn(owner, floored, dtype, part, remedy):
     given = " and ".join(f"{argument}={value:g}" for argument, value, _ in floored)
     used = " and ".join(used for _, _, used in floored)
     verb = "is" if len(floored) == 1 else "are"
-    warnings.warn(
+    user_warnings.warn(
         f"{owner}: {given} {verb} below the machine epsilon of {tf.as_dtype(dtype).name} "
         f"({eps:.3g}), the compute dtype of its {part}, and cannot be met; the solver uses "
         f"{used}. For a tighter solve, {remedy or f'create the layer and its {part}'} with "
-        f"dtype='float32'.", UserWarning, stacklevel=4)
+        f"dtype='float32'.")
 
 
 def ode_solve_kwargs(options, dtype, owner, part="dynamics", remedy=None, gradient=None):

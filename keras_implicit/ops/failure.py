@@ -15,11 +15,11 @@ The status stays in the statistics in every case. Under XLA
 """
 
 import sys
-import warnings
 
 import tensorflow as tf
 
 from keras_implicit import validation
+from keras_implicit import user_warnings
 from keras_implicit.solvers.status import Status, describe
 
 ON_FAILURE = ("raise", "warn", "ignore")
@@ -80,7 +80,7 @@ def report(status, on_failure, family, header, details, outputs):
             message = f"{header}: {reason} (status {code}{text})."
         if on_failure == "raise":
             raise tf.errors.InvalidArgumentError(None, None, message)
-        warnings.warn(message, _WARNINGS[family], stacklevel=4)
+        user_warnings.warn(message, _WARNINGS[family])
         return outputs
     # In a graph the status is a run-time value: the message carries the legend of
     # every status (a gather of strings would not compile under XLA).

@@ -1,11 +1,11 @@
 """``fixed_point``: find ``z = fn(z, x)`` and differentiate it. Pure TensorFlow."""
 
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
 from keras_implicit import validation
+from keras_implicit import user_warnings
 from keras_implicit.ops import failure
 from keras_implicit.ops import fixed_point_gradients
 from keras_implicit.ops import implicit_gradient  # noqa: F401  (registers "implicit")
@@ -40,10 +40,10 @@ class FixedPointOptions:
         eps = float(state_ops.finfo(dtype).eps)
         if self.tol >= eps or tf.as_dtype(dtype).size > 2:
             return self.tol
-        warnings.warn(
+        user_warnings.warn(
             f"tol={self.tol:g} is below what a {tf.as_dtype(dtype).name} map resolves "
             f"(machine epsilon {eps:.3g}); using tol={eps:.3g}. Evaluate the cell in a wider "
-            f"dtype for tighter solves.", UserWarning, stacklevel=4)
+            f"dtype for tighter solves.")
         return eps
 
     def as_kwargs(self):

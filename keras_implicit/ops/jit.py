@@ -8,12 +8,12 @@ TensorFlow's own kernels win, is the plans' rule (``plan_ode``,
 """
 
 import collections
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
 from keras_implicit import validation
+from keras_implicit import user_warnings
 from keras_implicit.ops.xla_function import compile_solve, compile_whole
 from keras_implicit.ops.xla_probe import (UNPROBED, compiles_parts, convolves, probe,
                                           traced_nodes)
@@ -78,9 +78,8 @@ RANDOM = "it draws random numbers, which XLA would draw differently from TensorF
 
 def warn_fallback(what, reason):
     """One warning that ``what`` runs uncompiled, and why."""
-    warnings.warn(f"{what} does not compile with XLA ({reason}); it runs in TensorFlow's graph "
-                  f"instead. Pass False to silence this, or True to make it an error.",
-                  UserWarning, stacklevel=3)
+    user_warnings.warn(f"{what} does not compile with XLA ({reason}); it runs in TensorFlow's "
+                       f"graph instead. Pass False to silence this, or True to make it an error.")
 
 
 def check_jit_dynamics(jit_dynamics, solver):

@@ -5,11 +5,11 @@ build one :class:`ODEOptions`; its checks are the only ones of these options,
 and its messages name the argument and the value received.
 """
 
-import warnings
 
 import tensorflow as tf
 
 from keras_implicit import validation
+from keras_implicit import user_warnings
 from keras_implicit.ops import failure
 from keras_implicit.ops import jit as jit_lib
 from keras_implicit.ops import ode_gradients
@@ -92,10 +92,10 @@ class ODEOptions:
         eps = float(state_ops.finfo(dtype).eps)
         if self.rtol >= eps or tf.as_dtype(dtype).size > 2 or not self.solver.adaptive:
             return self.rtol
-        warnings.warn(
+        user_warnings.warn(
             f"rtol={self.rtol:g} is below what {tf.as_dtype(dtype).name} dynamics resolve "
             f"(machine epsilon {eps:.3g}); using rtol={eps:.3g}. Evaluate the dynamics in a "
-            f"wider dtype (e.g. a float32 policy) for tighter solves.", UserWarning, stacklevel=4)
+            f"wider dtype (e.g. a float32 policy) for tighter solves.")
         return eps
 
     def solver_options(self, rtol=None):

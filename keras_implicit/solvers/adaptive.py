@@ -24,10 +24,10 @@ until it underflows (status ``NON_FINITE``); ``max_num_steps`` bounds the
 loop (status ``MAX_STEPS_REACHED``).
 """
 
-import warnings
 
 import tensorflow as tf
 
+from keras_implicit import user_warnings
 from keras_implicit.solvers import base
 from keras_implicit.solvers import dense as dense_lib
 from keras_implicit.solvers import events as events_lib
@@ -85,10 +85,10 @@ class AdaptiveRungeKutta(base.ODESolver):
         self._legacy_controller = None
         if legacy:
             self._legacy_controller = step_control.IController(**legacy)
-            warnings.warn(
+            user_warnings.warn(
                 f"AdaptiveRungeKutta({', '.join(f'{k}={v}' for k, v in legacy.items())}) is "
                 f"deprecated: pass step_control=ki.solvers.IController(...) to odeint or the "
-                f"layer instead.", DeprecationWarning, stacklevel=2)
+                f"layer instead.", DeprecationWarning)
 
     def default_controller(self):
         """The controller used when ``odeint`` gets no ``step_control``."""

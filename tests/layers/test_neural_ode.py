@@ -108,14 +108,17 @@ def test_call_time_solution_times_override():
 
 
 def test_config_round_trip_gives_identical_outputs():
-    layer = ki.layers.NeuralODE(ki.layers.ConcatDense(3, activation="tanh"), t0=0.5, t1=2.0,
-                                solver={"name": "dopri5", "safety": 0.8}, rtol=1e-4,
-                                gradient=ki.ops.Adjoint(rtol=1e-5), solution_times=[1.0, 2.0],
-                                return_sequences=True)
+    # A solver with a step option of 0.1.0 (still read, with a warning).
+    with pytest.warns(DeprecationWarning, match="safety=0.8"):
+        layer = ki.layers.NeuralODE(ki.layers.ConcatDense(3, activation="tanh"), t0=0.5,
+                                    t1=2.0, solver={"name": "dopri5", "safety": 0.8},
+                                    rtol=1e-4, gradient=ki.ops.Adjoint(rtol=1e-5),
+                                    solution_times=[1.0, 2.0], return_sequences=True)
     x = np.random.RandomState(0).randn(4, 3).astype("float32")
     out = layer(x)
     config = layer.get_config()
-    clone = ki.layers.NeuralODE.from_config(config)
+    with pytest.warns(DeprecationWarning, match="safety=0.8"):
+        clone = ki.layers.NeuralODE.from_config(config)
     clone.build((None, 3))
     clone.set_weights(layer.get_weights())
     assert clone.get_config() == config
