@@ -6,6 +6,7 @@ leave the program as one vector each and are unstacked outside.
 """
 
 import collections
+import dataclasses
 
 import tensorflow as tf
 from tensorflow.python.eager import record
@@ -24,7 +25,8 @@ def compile_whole(fn, recorded=True):
     outputs took 21.6 us, with two 14.7 us). Unused statistics are then never
     unstacked.
 
-    ``recorded=False`` hides the call from gradient tapes (``compile_solve``).
+    ``recorded=False`` hides the call from gradient tapes and makes it a stateful call
+    (``compile_solve``).
     """
     def traced(*args, **kwargs):
         with state_ops.tracing_for_xla():
@@ -40,6 +42,7 @@ def compile_whole(fn, recorded=True):
         if recorded:
             kept, vectors = concrete(*args, **kwargs)
         else:
+            _call_as_stateful(concrete)
             with record.stop_recording():
                 kept, vectors = concrete(*args, **kwargs)
         return _unpack_scalars(concrete.graph._keras_implicit_layout, kept, vectors)
@@ -49,11 +52,30 @@ def compile_whole(fn, recorded=True):
 
 def compile_solve(fn):
     """``compile_whole`` for a whole solve, loop included, whose gradient its caller
-    defines (the adjoint's, the implicit function theorem's): the call is hidden from
-    gradient tapes. A persistent tape that recorded it made TensorFlow rewrite the call to
-    return the loop's accumulators (TensorLists), which cannot leave an XLA program:
-    "Support for TensorList crossing the XLA/TF boundary is not implemented"."""
+    defines (the adjoint's, the implicit function theorem's).
+
+    The call is hidden from gradient tapes. A persistent tape that recorded it made
+    TensorFlow rewrite the call to return the loop's accumulators (TensorLists), which
+    cannot leave an XLA program: "Support for TensorList crossing the XLA/TF boundary is
+    not implemented".
+
+    The call is also a stateful one (``StatefulPartitionedCall``). TensorFlow's function
+    runtime constant-folds a stateless call whose inputs are all constants (a
+    ``tf.constant`` state, dynamics without variables) by running it with its own
+    kernels, and its ``While`` kernel recurses once per iteration: a solve of about 1,400
+    steps overflowed the stack and killed the process (a segmentation fault).
+    """
     return compile_whole(fn, recorded=False)
+
+
+def _call_as_stateful(concrete):
+    """Makes the graph calls of ``concrete`` ``StatefulPartitionedCall`` ops, which
+    constant folding never evaluates (``compile_solve``). TensorFlow decides the call's
+    kind from the traced function's own ops (stateless here: the solve's loop reads no
+    variable) and keeps it in the call options of the function it calls."""
+    atomic = concrete._inference_function
+    if not atomic.call_options.is_stateful:
+        atomic._call_options = dataclasses.replace(atomic.call_options, is_stateful=True)
 
 
 def _pack_scalars(result):

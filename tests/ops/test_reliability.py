@@ -1,5 +1,8 @@
 """Regression tests of the hostile probe's findings (issue 10): each reproduction, fixed."""
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -202,3 +205,34 @@ def test_a_loss_on_what_a_failed_solve_did_not_reach_has_nan_gradients(gradient)
         _, _, (grad_y0, grad_a) = run(0)
         np.testing.assert_array_equal(grad_y0.numpy(), [1.0, 1.0])
         assert grad_a is None or float(grad_a) == 0.0
+
+
+LONG_CONSTANT_SOLVES = '''
+import numpy as np, tensorflow as tf, keras_implicit as ki
+@tf.function
+def solves():  # every input a constant of the graph: TensorFlow may constant-fold a call
+    ode = ki.ops.odeint(lambda t, y: tf.stack([y[1], -y[0]]), tf.constant([1.0, 0.0], tf.float64),
+                        [0.0, 100.0], rtol=1e-10, atol=1e-10)
+    x = tf.constant([[1.0, 2.0]], tf.float64)
+    deq = ki.ops.fixed_point(lambda z, x: 0.995 * z + 0.005 * x, x, tf.zeros_like(x),
+                             solver="picard", tol=1e-9, max_iter=10000)
+    return (ode.states[-1], ode.stats.accepted_steps, ode.stats.compiled, deq.z,
+            deq.stats.forward_iterations, deq.stats.compiled)
+y, steps, ode_path, z, iterations, deq_path = (v.numpy() for v in solves())
+assert ode_path == deq_path == b"solve", (ode_path, deq_path)
+assert steps > 2000 and iterations > 3000, (steps, iterations)
+np.testing.assert_allclose(y, [np.cos(100.0), -np.sin(100.0)], atol=1e-7)
+np.testing.assert_allclose(z, [[1.0, 2.0]], rtol=1e-6)
+print("ok")
+'''
+
+
+def test_long_compiled_solves_of_constants_run():
+    """A solve compiled whole whose inputs are all graph constants was constant-folded by
+    TensorFlow's function runtime, which ran its loop recursively: past about 1,400 steps
+    (ODE) or iterations (DEQ) the process died of a stack overflow (a segmentation
+    fault). In a subprocess, so that the old failure fails this test, not the run."""
+    result = subprocess.run([sys.executable, "-c", LONG_CONSTANT_SOLVES], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (
+        result.returncode, result.stderr[-2000:])
