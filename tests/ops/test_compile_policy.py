@@ -246,27 +246,45 @@ def tanh_with_gradient(compilable):
     return tanh
 
 
-@pytest.mark.parametrize("compilable", [True, False])
-def test_auto_probes_a_gradient_the_dynamics_define_themselves(compilable):
-    """The adjoint's backward solve is compiled whole: a custom gradient XLA refuses must
-    make the plan fall back at trace time (it failed in the backward pass at run time),
-    and one XLA compiles must not."""
+def tanh_in_a_loop(maximum_iterations):
+    """tanh after a ``tf.while_loop`` of two scalings; the loop's gradient keeps its
+    intermediates in lists that XLA can size only given ``maximum_iterations``."""
+    def tanh(x):
+        return tf.tanh(tf.while_loop(lambda i, v: i < 2, lambda i, v: (i + 1, 0.9 * v), (0, x),
+                                     maximum_iterations=maximum_iterations)[1])
+    return tanh
+
+
+# (the activation, the path "auto" takes, the fallback's reason or None)
+OWN_GRADIENTS = {
+    "custom gradient in TensorFlow": (tanh_with_gradient(True), "solve", None),
+    "custom gradient in NumPy": (tanh_with_gradient(False), "none", "XLA has no kernel for PyFunc"),
+    "loop with maximum_iterations": (tanh_in_a_loop(2), "solve", None),
+    "loop without": (tanh_in_a_loop(None), "none", "XLA compilation requires a fixed tensor list"),
+}
+
+
+@pytest.mark.parametrize("case", list(OWN_GRADIENTS))
+def test_auto_probes_the_gradient_of_the_dynamics(case):
+    """The adjoint's backward solve is compiled whole: dynamics whose gradient XLA refuses
+    must make the plan fall back at trace time (they failed in the backward pass at run
+    time), and those whose gradient XLA compiles must not."""
+    activation, expected_path, reason = OWN_GRADIENTS[case]
     layer = dense_dynamics()
-    tanh = tanh_with_gradient(compilable)
 
     def dynamics(t, y):
-        return tanh(layer.dense(tf.concat([y, tf.fill([tf.shape(y)[0], 1], t)], -1)))
+        return activation(layer.dense(tf.concat([y, tf.fill([tf.shape(y)[0], 1], t)], -1)))
 
     y0 = tf.constant(np.random.RandomState(3).randn(3, 4))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         values, path = solve_and_grad(layer, y0, "auto", dynamics)
     messages = [str(w.message) for w in caught if "XLA" in str(w.message)]
-    if compilable:
-        assert path == "solve" and not messages
+    assert path == expected_path
+    if reason is None:
+        assert not messages
     else:
-        assert path == "none"
-        assert len(messages) == 1 and "its gradient: XLA has no kernel for PyFunc" in messages[0]
+        assert len(messages) == 1 and f"(its gradient: {reason}" in messages[0], messages
     reference, _ = solve_and_grad(layer, y0, False, dynamics)
     for a, b in zip(reference, values):
         np.testing.assert_allclose(b, a, rtol=1e-12)

@@ -108,9 +108,10 @@ def test_auto_falls_back_with_one_warning_for_a_cell_xla_cannot_compile():
         problem.run(False, fn=cell)  # False is silent
 
 
-def test_auto_falls_back_for_a_cell_whose_own_gradient_xla_cannot_compile():
-    """The implicit backward solve is compiled whole under "auto": a custom gradient that
-    XLA refuses failed there at run time. The probe now lowers it at trace time."""
+@pytest.mark.parametrize("refused", ["custom gradient in NumPy", "loop without a bound"])
+def test_auto_falls_back_for_a_cell_whose_gradient_xla_cannot_compile(refused):
+    """The implicit backward solve is compiled whole under "auto": a cell whose gradient
+    XLA refuses failed there at run time. The probe now lowers the gradient at trace time."""
     problem = Tanh()
 
     @tf.custom_gradient
@@ -120,10 +121,16 @@ def test_auto_falls_back_for_a_cell_whose_own_gradient_xla_cannot_compile():
                                    dv.shape)
         return 0.5 * v, gradient
 
-    def cell(z, x):
-        return scaled(problem.fn(z, x))
+    def looped(v):  # its gradient's accumulators have no static size
+        return tf.while_loop(lambda i, v: i < 2, lambda i, v: (i + 1, 0.9 * v), (0, v))[1]
 
-    with pytest.warns(UserWarning, match="its gradient: XLA has no kernel for PyFunc") as log:
+    scale, reason = {"custom gradient in NumPy": (scaled, "XLA has no kernel for PyFunc"),
+                     "loop without a bound": (looped, "requires a fixed tensor list size")}[refused]
+
+    def cell(z, x):
+        return scale(problem.fn(z, x))
+
+    with pytest.warns(UserWarning, match=f"its gradient: .*{reason}") as log:
         values, path = problem.run("auto", fn=cell)
     assert path == "none"
     assert len([w for w in log if "XLA" in str(w.message)]) == 1
