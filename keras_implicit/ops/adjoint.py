@@ -115,6 +115,7 @@ def _solve_with_adjoint(problem, adjoint):
         box.update(result=result, stats=stats)
         outputs = ode_gradients.differentiable_outputs(result)
 
+        @state_ops.floating_variables_only
         def grad_fn(*upstream, variables=None):
             variables = list(variables or [])
             grads = _backward(problem, adjoint, result, ps, variables, list(upstream),
@@ -177,11 +178,20 @@ def _backward(problem, adjoint, result, params, variables, upstream, solver, opt
         reported, problem.on_failure, "ode",
         f"odeint: the backward (adjoint) solve with solver {solver.name!r} failed",
         ["at time", problem.time_sign * failed_at], grads)
+    if problem.compiled in ("solve", "step"):
+        # A tape through the compiled backward solve cannot leave XLA (TensorFlow failed
+        # with "TensorList crossing the XLA/TF boundary"): say so where it is asked for.
+        grads = [tf.raw_ops.PreventGradient(input=g, message=_SECOND_ORDER) for g in grads]
     stats.set_backward_solve(solver_base.SolveStats(nfe, accepted, rejected, status, failed_at,
                                                     tf.zeros([], dtype)))
     if problem.on_backward is not None:
         problem.on_backward(stats)
     return grads
+
+
+_SECOND_ORDER = (
+    "second derivatives through the adjoint are not supported when jit_dynamics compiled "
+    "its backward solve (the paths 'solve' and 'step'); pass jit_dynamics=False for them")
 
 
 def _refuse_dense_gradient(nonzero):

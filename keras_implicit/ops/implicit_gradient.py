@@ -68,6 +68,7 @@ class Implicit(FixedPointGradient):
                 z_star, stats = problem.solve_forward(inputs, z_init)
             box["stats"] = stats
 
+            @state_ops.floating_variables_only
             def grad_fn(grad_z, variables=None):
                 variables = list(variables or [])
                 grad_z = tf.zeros_like(z_star) if grad_z is None else tf.convert_to_tensor(grad_z)
@@ -100,6 +101,10 @@ class Implicit(FixedPointGradient):
                 stats.set_backward_solve(backward_stats)
                 if problem.on_backward is not None:
                     problem.on_backward(stats)
+                # The backward solve is not differentiated (its solution g depends on
+                # z* and the inputs): a second derivative through it came out wrong.
+                grads = [tf.raw_ops.PreventGradient(input=g, message=_SECOND_ORDER)
+                         for g in grads]
                 input_grads = [tf.zeros_like(z_init)] + list(grads[:num_x])
                 if variables:
                     return input_grads, list(grads[num_x:])
@@ -109,6 +114,11 @@ class Implicit(FixedPointGradient):
 
         z = forward(problem.z0, *problem.xs)
         return z, box["stats"]
+
+
+_SECOND_ORDER = (
+    "second derivatives through a fixed point's implicit gradient are not supported (its "
+    "backward solve is not differentiated); use gradient='unrolled' for them")
 
 
 def _backward_solve(problem, z_star, inputs, variables, grad_z, solver, tol, max_iter,

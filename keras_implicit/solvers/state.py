@@ -126,6 +126,26 @@ def nan_unless(reached, x):
     return tf.where(reached, x, tf.fill(tf.shape(x), nan)), grad
 
 
+def floating_variables_only(grad_fn):
+    """``grad_fn`` (of a ``tf.custom_gradient``) given only the floating variables the
+    forward read. TensorFlow hands a custom gradient every trainable variable read,
+    an int64 counter too (``tf.Variable``'s default is ``trainable=True``), and a
+    gradient strategy that carried it along failed on its dtype. Such variables get
+    ``None``, as TensorFlow gives them."""
+    def wrapped(*upstream, variables=None):
+        variables = list(variables or [])
+        floating = [v for v in variables if v.dtype.is_floating]
+        if len(floating) == len(variables):
+            return grad_fn(*upstream, variables=variables)
+        if not floating:
+            return grad_fn(*upstream), [None] * len(variables)
+        input_grads, floating_grads = grad_fn(*upstream, variables=floating)
+        given = iter(floating_grads)
+        return input_grads, [next(given) if v.dtype.is_floating else None for v in variables]
+
+    return wrapped
+
+
 _XLA = threading.local()
 
 
