@@ -270,17 +270,37 @@ def test_a_compiled_anderson_loop_does_not_copy_its_history():
     np.testing.assert_allclose(z.numpy(), exact, rtol=0, atol=1e-9)
 
 
-def test_anderson_least_squares_unrolled_for_xla_matches_cholesky():
+@pytest.mark.parametrize("m", [5, anderson._UNROLLED_MAX, anderson._UNROLLED_MAX + 1, 30])
+def test_anderson_least_squares_unrolled_for_xla_matches_cholesky(m):
+    """Unrolled under XLA up to _UNROLLED_MAX (compiling m³/6 operations took minutes for
+    a training step at m = 30), TensorFlow's Cholesky beyond."""
     rng = np.random.default_rng(1)
-    a = rng.normal(size=(7, 5, 5))
-    a = tf.constant(a @ a.transpose(0, 2, 1) + np.eye(5))
-    b = tf.constant(rng.normal(size=(7, 5)))
+    a = rng.normal(size=(7, m, m))
+    a = tf.constant(a @ a.transpose(0, 2, 1) + np.eye(m))
+    b = tf.constant(rng.normal(size=(7, m)))
     expected = np.linalg.solve(a.numpy(), b.numpy()[..., None])[..., 0]
-    np.testing.assert_allclose(anderson._spd_solve(a, b).numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(anderson._spd_solve(a, b).numpy(), expected, rtol=1e-9)
     with state_ops.tracing_for_xla():
         assert state_ops.in_xla()
-        np.testing.assert_allclose(anderson._spd_solve(a, b).numpy(), expected, rtol=1e-10)
+        np.testing.assert_allclose(anderson._spd_solve(a, b).numpy(), expected, rtol=1e-9)
     assert not state_ops.in_xla()
+
+
+@pytest.mark.parametrize("dim", [1, 2, 8])
+def test_anderson_without_regularization_converges_with_more_residuals_than_dimensions(dim):
+    """regularization=0 (accepted) made the Cholesky factor NaN once the residuals were
+    linearly dependent, as more than dim of them always are: status NON_FINITE on a
+    contraction of rate 1/2. A relative floor keeps the system positive definite."""
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, dim)))
+
+    def fn(z):
+        return 0.5 * tf.tanh(z) + x
+
+    for run in (lambda f: f(), lambda f: tf.function(f)(), lambda f: _xla(f)()):
+        z, stats = run(lambda: Anderson(regularization=0.0).solve(
+            fn, tf.zeros_like(x), tol=1e-11, max_iter=100))
+        assert int(stats.status) == Status.SUCCESS
+        np.testing.assert_allclose(z.numpy(), fn(z).numpy(), rtol=0, atol=1e-10)
 
 
 def test_a_solver_with_its_own_loop_is_not_fusable():
