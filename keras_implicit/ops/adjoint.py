@@ -31,6 +31,7 @@ skips the step, and so does a float16 backward solve that overflows mid-way
 import tensorflow as tf
 
 from keras_implicit import validation
+from keras_implicit.ops import adjoint_events
 from keras_implicit.ops import failure
 from keras_implicit.ops import ode_gradients
 from keras_implicit.ops.ode_gradients import ODE_GRADIENTS, ODEGradient
@@ -135,13 +136,6 @@ def _cotangent_scale(a):
     return tf.where((scale > 0) & tf.math.is_finite(scale), scale, tf.ones_like(scale))
 
 
-def _time_mask(event_times, fired):
-    """``mask(t)``: the samples frozen at time ``t`` (their event is at or before ``t``)."""
-    if event_times is None:
-        return None
-    return lambda t: fired & (event_times <= t)
-
-
 def _backward(problem, adjoint, result, params, variables, upstream, solver, options, stats):
     """The gradients of ``y0``, ``params`` and ``variables`` (a flat list)."""
     grad_states, grad_event_times, grad_event_states, grad_dense = (
@@ -205,62 +199,6 @@ def _refuse_dense_gradient(nonzero):
     return tf.debugging.Assert(tf.logical_not(nonzero), [message])
 
 
-def _per_sample(mask, like):
-    """A (batch,) or (T, batch) mask shaped to broadcast against ``like``."""
-    extra = tf.rank(like) - tf.rank(mask)
-    return tf.reshape(mask, tf.concat([tf.shape(mask), tf.ones([extra], tf.int32)], 0))
-
-
-def _sum_per_sample(x):
-    """Sums a batch-first tensor over all but its first axis."""
-    return tf.reduce_sum(tf.reshape(x, [tf.shape(x)[0], -1]), axis=1)
-
-
-def _event_cotangents(problem, result, variables, grad_states, grad_event_times,
-                      grad_event_states):
-    """The implicit-function-theorem correction at each sample's event.
-
-    Returns ``(grad_states, a_star, variable_grads, mask, jumps)``: the output
-    cotangents with those of held outputs removed (frozen samples carry them
-    in ``a_star``), per state tensor the cotangent each sample enters the
-    backward solve with (beyond ``grad_states[-1]``), the event function's
-    contribution to the variables' gradients, the backward solve's freezing
-    mask ``mask(t)`` and its jump times (the event times).
-    """
-    events = result.events
-    fired = events.fired
-    t_star = tf.stop_gradient(events.times)
-    held = fired[None, :] & (t_star[None, :] <= problem.times[:, None])  # (T, batch)
-    a_star = []
-    for g, v in zip(grad_states, grad_event_states):
-        collected = tf.reduce_sum(tf.where(_per_sample(held, g), g, tf.zeros_like(g)), axis=0)
-        a_star.append(collected if v is None else collected + tf.convert_to_tensor(v))
-    grad_states = [tf.where(_per_sample(held, g), tf.zeros_like(g), g) for g in grad_states]
-    w = tf.zeros_like(t_star) if grad_event_times is None else grad_event_times
-    y_star = [tf.stop_gradient(s) for s in events.states]
-    with tf.GradientTape(persistent=True) as tape:
-        times = tf.identity(t_star)
-        tape.watch([times] + y_star)
-        g = tf.cast(problem.event_fn(times, y_star), t_star.dtype)
-    zero = tf.UnconnectedGradients.ZERO
-    dg_dt = tape.gradient(g, times, unconnected_gradients=zero)
-    dg_dy = tape.gradient(g, y_star, unconnected_gradients=zero)
-    g_dot = dg_dt + tf.add_n([tf.cast(_sum_per_sample(d * f), g.dtype)
-                              for d, f in zip(dg_dy, events.slopes)])
-    a_dot_f = tf.add_n([tf.cast(_sum_per_sample(a * f), g.dtype)
-                        for a, f in zip(a_star, events.slopes)])
-    safe = tf.where(tf.equal(g_dot, 0.0), tf.ones_like(g_dot), g_dot)
-    c = tf.where(fired, (a_dot_f + w) / safe, tf.zeros_like(safe))
-    a_star = [a - tf.cast(_per_sample(c, a), a.dtype) * d for a, d in zip(a_star, dg_dy)]
-    variable_grads = tape.gradient(g, variables, output_gradients=-c,
-                                   unconnected_gradients=zero) if variables else []
-    del tape
-    mask = _time_mask(t_star, fired)
-    # Samples without an event jump at the end time, which is no jump (a static shape).
-    jumps = tf.where(fired, t_star, tf.fill(tf.shape(t_star), problem.times[-1]))
-    return grad_states, a_star, [tf.convert_to_tensor(x) for x in variable_grads], mask, jumps
-
-
 def _solve_backward(problem, adjoint, result, params, variables, grad_states, grad_event_times,
                     grad_event_states, solver, options):
     """Runs the backward solve; returns ``(grads, (nfe, accepted, rejected, status, time))``."""
@@ -271,8 +209,9 @@ def _solve_backward(problem, adjoint, result, params, variables, grad_states, gr
     a_start = [g[-1] for g in grad_states]
     event_variable_grads = [tf.zeros(v.shape, v.dtype) for v in variables]
     if result.events is not None:
-        grad_states, a_star, event_variable_grads, mask, event_jumps = _event_cotangents(
-            problem, result, variables, grad_states, grad_event_times, grad_event_states)
+        grad_states, a_star, event_variable_grads, mask, event_jumps = (
+            adjoint_events.event_cotangents(problem, result, variables, grad_states,
+                                            grad_event_times, grad_event_states))
         a_start = [a + g[-1] for a, g in zip(a_star, grad_states)]
         jumps.append(event_jumps)
     # The backward solve runs in tau = -t: its jump times are the negated ones.
@@ -314,6 +253,17 @@ def _solve_backward(problem, adjoint, result, params, variables, grad_states, gr
         # the tolerances act relative to the cotangent's size, whatever the loss's scale.
         y_i = [s[i] for s in states]
         a, totals = adj[:num_y], adj[num_y:]
+        # An interval a failed forward solve did not reach (NaN states) that no loss
+        # depends on (a zero cotangent) adds nothing: skipped, or its NaN would reach
+        # the gradients of the outputs that were reached.
+        unreached = tf.logical_not(state_ops.all_finite(y_i)) & tf.reduce_all(
+            [tf.reduce_all(tf.equal(x, 0)) for x in a])
+        return tf.cond(unreached, lambda: (i - 1, [x + g[i - 1] for x, g in zip(
+            a, grad_states)] + totals, first_step, nfe, accepted, rejected, status, failed_at),
+            lambda: integrate(i, y_i, a, totals, first_step, nfe, accepted, rejected, status,
+                              failed_at))
+
+    def integrate(i, y_i, a, totals, first_step, nfe, accepted, rejected, status, failed_at):
         scale = _cotangent_scale(a) if normalize else None
         aug0 = y_i + ([x / tf.cast(scale, x.dtype) for x in a] if normalize else a)
         aug0 += [tf.zeros_like(x) for x in totals] if normalize else totals
