@@ -215,6 +215,10 @@ class DEQ(SolverStatsMixin, keras.layers.Layer):
             self._add_solver_stat(name, dtype=dtype)
 
     def call(self, inputs, training=None):
+        if not inputs.dtype.is_floating:
+            raise TypeError(f"DEQ inputs must be floating point; cast them first (e.g. "
+                            f"keras.ops.cast(x, 'float32')). Received: inputs with "
+                            f"dtype={inputs.dtype.name}")
         z_shape = tf.concat([tf.shape(inputs)[:1], self.state_shape], 0) \
             if self.state_shape is not None else tf.shape(inputs)
         z0 = tf.zeros(z_shape, dtype=inputs.dtype)

@@ -145,7 +145,12 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
                          f"Received: z0 with shape {z0.shape}")
     dtype = z0.dtype
     solve_dtype = state_ops.control_dtype(dtype)
-    flat_x = [tf.convert_to_tensor(t) for t in tf.nest.flatten(x)]
+    try:
+        flat_x = [tf.convert_to_tensor(t) for t in tf.nest.flatten(x)]
+    except (TypeError, ValueError):
+        raise validation.ArgumentTypeError(
+            f"`x` must be a tensor or a nested structure of tensors (the map's input). "
+            f"Received: x={x!r}") from None
     differentiable = [i for i, t in enumerate(flat_x) if t.dtype.is_floating]
     others = [i for i in range(len(flat_x)) if i not in differentiable]
     z_shape, z_dynamic_shape = z0.shape, tf.shape(z0)

@@ -267,8 +267,13 @@ def _prepare_times(times, dtype):
                 f"Received: times={static.tolist()}")
         return tf.constant(static, dtype), (1 if steps[0] > 0 else -1)
     times = tf.cast(times, dtype)
-    if times.shape.rank not in (None, 1):
-        raise ValueError(f"`times` must be 1-D. Received: times with shape {times.shape}")
+    if times.shape.rank not in (None, 1) or (times.shape.rank == 1 and times.shape[0] is not None
+                                             and times.shape[0] < 2):
+        raise ValueError(f"`times` must be 1-D with at least two entries (the initial time "
+                         f"first). Received: times with shape {times.shape}")
+    with tf.control_dependencies([tf.debugging.assert_greater_equal(
+            tf.size(times), 2, message="odeint: `times` must have at least two entries")]):
+        times = tf.identity(times)
     direction = tf.sign(times[-1] - times[0])
     steps = (times[1:] - times[:-1]) * direction
     checks = [
@@ -298,11 +303,12 @@ def _structured_fn(fn, y0, flat_y0, params):
         try:
             tf.nest.assert_same_structure(y0, out)
         except (ValueError, TypeError):
-            structure = tf.nest.map_structure(lambda _: '.', y0)
+            def sketch(value):  # the structure, each tensor as "tensor"
+                return tf.nest.map_structure(lambda _: "tensor", value) if tf.nest.is_nested(
+                    value) else "a single tensor"
             raise ValueError(
-                f"`fn` must return d(state)/dt in the structure of the state. "
-                f"Received: {type(out).__name__} for a state of structure {structure}"
-            ) from None
+                f"`fn` must return d(state)/dt in the structure of the state. Received: "
+                f"{sketch(out)} for a state that is {sketch(y0)}") from None
         flat_out = [tf.convert_to_tensor(f) for f in tf.nest.flatten(out)]
         for f, shape in zip(flat_out, shapes):
             if not f.shape.is_compatible_with(shape):

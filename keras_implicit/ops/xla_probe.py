@@ -73,6 +73,10 @@ def probe(fn, *args):
         flat, specs = _flat_traceable(fn, args)
     except ValueError:
         return Probe(False, UNKNOWN_RANK, None, False)
+    # XLA takes numbers only (its own refusal names an "_Arg" op, which says nothing).
+    unsupported = sorted({s.dtype.name for s in specs if s.dtype in (tf.string, tf.variant)})
+    if unsupported:
+        return Probe(False, f"an input of dtype {', '.join(unsupported)}", None, False)
     try:
         concrete, hlo = _lower(flat, specs)
         nodes = _graph_nodes(concrete.graph)

@@ -288,3 +288,20 @@ def test_bad_arguments():
         ki.ops.fixed_point(fn, x, tf.constant(0.0))
     with pytest.raises(TypeError, match="`fn` must be callable"):
         ki.ops.fixed_point("f", x, x)
+
+
+@pytest.mark.plain_graph(False)  # the "auto" fallback's reason
+def test_inputs_that_are_not_numbers_get_errors_and_reasons_that_name_them():
+    """x=None failed converting None to a tensor; a DEQ on int inputs blamed `z0`, which the
+    user never passed; a string part of x made "auto" blame an "_Arg" op."""
+    with pytest.raises(TypeError, match="`x` must be a tensor or a nested structure"):
+        ki.ops.fixed_point(lambda z, x: z, None, tf.zeros((2, 3)))
+    with pytest.raises(TypeError, match="DEQ inputs must be floating point"):
+        ki.layers.DEQ(ki.layers.DEQDenseCell())(tf.ones((2, 3), tf.int32))
+    x = {"a": tf.ones((2, 3), tf.float64), "tag": tf.constant(["u", "v"])}
+    solve = tf.function(lambda: ki.ops.fixed_point(
+        lambda z, x: 0.5 * tf.tanh(z) + x["a"], x, tf.zeros((2, 3), tf.float64)).z)
+    with pytest.warns(UserWarning, match=r"does not compile with XLA \(an input of dtype "
+                                         r"string\)"):
+        z = solve()
+    np.testing.assert_allclose(z.numpy(), 0.5 * np.tanh(z.numpy()) + 1.0, atol=1e-4)

@@ -137,6 +137,25 @@ def test_a_tolerance_traced_in_a_tf_function_is_refused_naming_it():
 def test_dynamics_with_wrong_structure():
     with pytest.raises(ValueError, match="structure of the state"):
         ki.ops.odeint(lambda t, y: (y, y), Y0, [0.0, 1.0])
+    # The message printed a single-tensor state's structure as "."
+    with pytest.raises(ValueError, match=r"Received: \['tensor'\] for a state that is a "
+                                         r"single tensor"):
+        ki.ops.odeint(lambda t, y: [-y], Y0, [0.0, 1.0])
+
+
+def test_times_tensors_with_fewer_than_two_entries_are_refused():
+    """A static list was refused; a tensor of one entry returned the initial state, and
+    one of none failed in a strided slice."""
+    fixed_length = tf.function(lambda times: ki.ops.odeint(lambda t, y: -y, Y0, times).states)
+    for times in (tf.constant([0.0]), tf.zeros([0])):
+        with pytest.raises(ValueError, match="`times` must be 1-D with at least two entries"):
+            fixed_length(times)
+    any_length = tf.function(lambda times: ki.ops.odeint(lambda t, y: -y, Y0, times).states,
+                             input_signature=[tf.TensorSpec([None], tf.float32)])
+    for times in (tf.constant([0.0]), tf.zeros([0])):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="at least two entries"):
+            any_length(times)
+    assert any_length(tf.constant([0.0, 1.0])).shape[0] == 2
 
 
 def test_exceeding_max_num_steps_stops_with_a_clear_error():
