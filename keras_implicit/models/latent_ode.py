@@ -207,6 +207,9 @@ class LatentODE(keras.Model):
         ``times`` is ``(batch, T)``, any order, every entry finite and ``>= t0``.
         """
         union, indices = union_indices(times)
+        # An empty batch has no times: its (empty) paths are solved at t0.
+        union = tf.cond(tf.size(union) > 0, lambda: union,
+                        lambda: tf.constant([self.t0], union.dtype))
         # The ODE needs two distinct times; a batch observed only at t0 gets a spare one.
         lone = tf.logical_and(tf.equal(tf.size(union), 1), union[0] <= self.t0)
         solve_times = tf.cond(lone, lambda: tf.concat([union, union + 1], 0), lambda: union)

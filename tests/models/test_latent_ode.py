@@ -288,3 +288,13 @@ def test_bad_constructor_arguments_are_named():
         options.update(kwargs)
         with pytest.raises(ValueError, match=match):
             ki.models.LatentODE(**options)
+
+
+def test_an_empty_batch_gives_an_empty_prediction():
+    """The union of an empty batch's times is empty: indexing its first entry failed, as
+    NeuralODE's empty batch does not."""
+    model = ki.models.LatentODE(obs_dim=2, latent_dim=4, hidden_units=8)
+    empty = {"observations": np.zeros((0, 5, 2), "float32"),
+             "times": np.zeros((0, 5), "float32"), "mask": np.zeros((0, 5), "float32")}
+    assert model(empty).shape == (0, 5, 2)
+    assert tf.function(model)(empty).shape == (0, 5, 2)
