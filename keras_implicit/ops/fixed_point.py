@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_implicit import validation
 from keras_implicit import user_warnings
+from keras_implicit.ops import closures
 from keras_implicit.ops import failure
 from keras_implicit.ops import fixed_point_gradients
 from keras_implicit.ops import implicit_gradient  # noqa: F401  (registers "implicit")
@@ -198,6 +199,10 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
     plan = jit_lib.plan_fixed_point(
         options.jit_cell, options.solver, options.gradient, flat_fn,
         (z0_rows, xs, [flat_x[i] for i in others]), static_shape=static_tail is not None)
+    if getattr(options.gradient, "name", None) in ("implicit", "phantom"):
+        closures.warn_watched_closures(
+            flat_fn, (z0_rows, xs, [flat_x[i] for i in others]), "`fn`",
+            "Pass them in `x`, read the variables inside fn, or use gradient='unrolled'.")
     problem = FixedPointProblem(
         fn=flat_fn, z0=z0_rows, xs=xs, solver=options.solver,
         tol=options.resolvable_tol(dtype), max_iter=options.max_iter,

@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_implicit.ops import closures
 from keras_implicit.ops import failure
 from keras_implicit.ops import jit as jit_lib
 from keras_implicit.ops import ode_result
@@ -143,6 +144,12 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
                             flat_fn if static_sign else oriented(1.0),
                             tf.zeros([], solve_dtype), solve_y0, flat_params, dense=dense,
                             static_times=times.shape[0] is not None)
+    if getattr(options.gradient, "name", None) in ("adjoint", "checkpointed"):
+        closures.warn_watched_closures(
+            flat_fn if static_sign else oriented(1.0),
+            (tf.zeros([], solve_dtype), solve_y0, flat_params), "`fn`",
+            "Pass them as `params` (fn(t, y, params)), read the variables inside fn, or "
+            "use gradient='backprop'.")
     problem = ODEProblem(
         fn=flat_fn, y0=solve_y0, params=flat_params,
         times=times * sign if not (static_sign and sign == 1) else times,

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -333,3 +334,38 @@ def test_an_integer_variable_read_by_the_dynamics_gets_no_gradient():
             grads.append(step().numpy())
         np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, err_msg=name)
     assert calls.numpy() > 0
+
+
+def test_a_watched_tensor_the_map_closes_over_is_named_not_dropped_silently():
+    """The adjoint and the implicit gradient differentiate their inputs and the variables
+    read: a closure over `2 * W` gave W no gradient (None) without a word. They now warn;
+    backprop and unrolled differentiate it, and unwatched closures stay silent."""
+    W = tf.Variable(0.3 * np.eye(3))
+    x = tf.ones((2, 3), tf.float64)
+    solves = {
+        "implicit": lambda Ws: ki.ops.fixed_point(lambda z, x: tf.tanh(z @ Ws + x), x,
+                                                  tf.zeros_like(x), tol=1e-10).z,
+        "unrolled": lambda Ws: ki.ops.fixed_point(lambda z, x: tf.tanh(z @ Ws + x), x,
+                                                  tf.zeros_like(x), tol=1e-10,
+                                                  gradient="unrolled").z,
+        "adjoint": lambda Ws: ki.ops.odeint(lambda t, y: -(y @ Ws), x, [0.0, 1.0]).states,
+        "backprop": lambda Ws: ki.ops.odeint(lambda t, y: -(y @ Ws), x, [0.0, 1.0],
+                                             gradient="backprop").states,
+    }
+    for name, solve in solves.items():
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(solve(2.0 * W))
+            return tape.gradient(loss, W)
+
+        with warnings.catch_warnings(record=True) as log:
+            warnings.simplefilter("always")
+            grad = step()
+            tf.function(lambda: solve(2.0 * W))()  # no tape: nothing to drop
+        dropped = [w for w in log if "tensors computed outside it" in str(w.message)]
+        if name in ("implicit", "adjoint"):
+            assert grad is None and len(dropped) == 1, (name, grad, log)
+            assert dropped[0].filename == __file__
+        else:
+            assert grad is not None and not dropped, (name, log)
