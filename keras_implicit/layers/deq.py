@@ -5,8 +5,8 @@ import inspect
 import keras
 import tensorflow as tf
 
-from keras_implicit import validation
 from keras_implicit import user_warnings
+from keras_implicit import validation
 from keras_implicit.layers import deq_cells  # noqa: F401  (registers the cells for loading)
 from keras_implicit.layers import solve_precision
 from keras_implicit.layers.solver_stats import SolverStatsMixin

@@ -31,7 +31,6 @@ then differ from what the user wrote, and the layers (``NeuralODE``, ``DEQ``,
   has float32's range and Keras does not scale its loss.
 """
 
-
 import tensorflow as tf
 
 from keras_implicit import user_warnings

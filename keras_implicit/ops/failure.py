@@ -18,8 +18,8 @@ import sys
 
 import tensorflow as tf
 
-from keras_implicit import validation
 from keras_implicit import user_warnings
+from keras_implicit import validation
 from keras_implicit.solvers.status import Status, describe
 
 ON_FAILURE = ("raise", "warn", "ignore")

@@ -4,8 +4,8 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_implicit import validation
 from keras_implicit import user_warnings
+from keras_implicit import validation
 from keras_implicit.ops import closures
 from keras_implicit.ops import failure
 from keras_implicit.ops import fixed_point_gradients

@@ -12,8 +12,8 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from keras_implicit import validation
 from keras_implicit import user_warnings
+from keras_implicit import validation
 from keras_implicit.ops.xla_function import compile_solve, compile_whole
 from keras_implicit.ops.xla_probe import (UNPROBED, compiles_parts, convolves, probe,
                                           traced_nodes)

@@ -5,11 +5,10 @@ build one :class:`ODEOptions`; its checks are the only ones of these options,
 and its messages name the argument and the value received.
 """
 
-
 import tensorflow as tf
 
-from keras_implicit import validation
 from keras_implicit import user_warnings
+from keras_implicit import validation
 from keras_implicit.ops import failure
 from keras_implicit.ops import jit as jit_lib
 from keras_implicit.ops import ode_gradients

@@ -24,7 +24,6 @@ until it underflows (status ``NON_FINITE``); ``max_num_steps`` bounds the
 loop (status ``MAX_STEPS_REACHED``).
 """
 
-
 import tensorflow as tf
 
 from keras_implicit import user_warnings
