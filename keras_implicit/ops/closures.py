@@ -9,18 +9,22 @@ import tensorflow as tf
 from tensorflow.python.eager import record
 
 from keras_implicit import user_warnings
+from keras_implicit.ops.xla_probe import static_trace
 
 
 def warn_watched_closures(fn, args, what, remedy):
     """Warns when ``fn(*args)``, traced, reads floating tensors of the caller's graph that an
     active tape watches. Only where a tape records (nothing to drop otherwise) and in a
     traced call (an eager closure is indistinguishable from a constant without tracing
-    ``fn``, which would cost each eager call a trace)."""
+    ``fn``, which would cost each eager call a trace). ``fn`` may be a ``tf.function`` a
+    compile plan has traced on the same ``args`` (``xla_probe.static_trace``): that
+    trace is reused."""
     if tf.executing_eagerly() or not record.could_possibly_record():
         return
-    try:
-        concrete = tf.function(fn, autograph=False).get_concrete_function(*args)
-    except Exception:  # the solve's own trace reports what is wrong
+    if not isinstance(fn, tf.types.experimental.PolymorphicFunction):
+        fn = tf.function(fn, autograph=False)
+    concrete = static_trace(fn, *args)
+    if concrete is None:
         return
     closures = [c for c in concrete.captured_inputs
                 if tf.is_symbolic_tensor(c) and c.dtype.is_floating]

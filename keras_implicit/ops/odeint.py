@@ -145,8 +145,9 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
                             tf.zeros([], solve_dtype), solve_y0, flat_params, dense=dense,
                             static_times=times.shape[0] is not None)
     if getattr(options.gradient, "name", None) in ("adjoint", "checkpointed"):
-        closures.warn_watched_closures(
-            flat_fn if static_sign else oriented(1.0),
+        planned = flat_fn if static_sign else oriented(1.0)
+        closures.warn_watched_closures(  # the plan's own trace of the dynamics, if it has one
+            plan.dynamics_wrapper(planned) if plan.kind == "none" else planned,
             (tf.zeros([], solve_dtype), solve_y0, flat_params), "`fn`",
             "Pass them as `params` (fn(t, y, params)), read the variables inside fn, or "
             "use gradient='backprop'.")

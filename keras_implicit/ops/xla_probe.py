@@ -156,16 +156,22 @@ _CONVOLUTIONS = frozenset({"Conv", "Conv2D", "Conv3D", "DepthwiseConv2dNative",
                            "Conv2DBackpropInput", "Conv3DBackpropInputV2"})
 
 
-def traced_nodes(traced, *args):
-    """The ops of the ``tf.function`` ``traced`` on ``args`` (the graph's and its
-    functions'), or ``None`` when it cannot be traced on static specs (an unknown rank, or
-    an error the solve's own trace will report). ``traced`` keeps the trace, which a call
-    with the same shapes then reuses."""
+def static_trace(traced, *args):
+    """The concrete function of the ``tf.function`` ``traced`` on the static specs of
+    ``args`` (unknown dimensions as 1), or ``None`` when it cannot be traced there (an
+    unknown rank, or an error the solve's own trace will report). ``traced`` keeps the
+    trace: a second call with the same ``args`` reuses it."""
     try:
-        graph = traced.get_concrete_function(*tf.nest.map_structure(_static_spec, args)).graph
+        return traced.get_concrete_function(*tf.nest.map_structure(_static_spec, args))
     except Exception:  # the probe, or the solve's trace, says what is wrong
         return None
-    return _graph_nodes(graph)
+
+
+def traced_nodes(traced, *args):
+    """The ops of ``static_trace(traced, *args)`` (the graph's and its functions'), or
+    ``None`` where it gives ``None``."""
+    concrete = static_trace(traced, *args)
+    return None if concrete is None else _graph_nodes(concrete.graph)
 
 
 def _graph_nodes(graph):
