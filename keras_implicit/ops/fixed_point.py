@@ -196,12 +196,12 @@ def fixed_point(fn, x, z0, *, solver="anderson", tol=1e-4, max_iter=50, stop_mod
 
     xs = [flat_x[i] for i in differentiable]
     z0_rows = tf.cast(rows, solve_dtype)
-    plan = jit_lib.plan_fixed_point(
-        options.jit_cell, options.solver, options.gradient, flat_fn,
-        (z0_rows, xs, [flat_x[i] for i in others]), static_shape=static_tail is not None)
+    plan_args = (z0_rows, xs, [flat_x[i] for i in others])
+    plan = jit_lib.plan_fixed_point(options.jit_cell, options.solver, options.gradient, flat_fn,
+                                    plan_args, static_shape=static_tail is not None)
     if getattr(options.gradient, "name", None) in ("implicit", "phantom"):
         closures.warn_watched_closures(
-            flat_fn, (z0_rows, xs, [flat_x[i] for i in others]), "`fn`",
+            flat_fn, plan_args, "`fn`",
             "Pass them in `x`, read the variables inside fn, or use gradient='unrolled'.")
     problem = FixedPointProblem(
         fn=flat_fn, z0=z0_rows, xs=xs, solver=options.solver,

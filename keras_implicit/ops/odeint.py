@@ -140,15 +140,14 @@ def odeint(fn, y0, times, *, solver="dopri5", rtol=1e-3, atol=1e-3, num_steps=No
     solve_y0 = [tf.cast(y, solve_dtype) for y in flat_y0]
     # The probe lowers the dynamics outside this graph: a direction known only at run
     # time (a tensor of it) cannot be captured there, and does not change what compiles.
-    plan = jit_lib.plan_ode(options.jit_dynamics, options.solver, options.gradient,
-                            flat_fn if static_sign else oriented(1.0),
-                            tf.zeros([], solve_dtype), solve_y0, flat_params, dense=dense,
-                            static_times=times.shape[0] is not None)
+    planned = flat_fn if static_sign else oriented(1.0)
+    plan_args = (tf.zeros([], solve_dtype), solve_y0, flat_params)
+    plan = jit_lib.plan_ode(options.jit_dynamics, options.solver, options.gradient, planned,
+                            *plan_args, dense=dense, static_times=times.shape[0] is not None)
     if getattr(options.gradient, "name", None) in ("adjoint", "checkpointed"):
-        planned = flat_fn if static_sign else oriented(1.0)
         closures.warn_watched_closures(  # the plan's own trace of the dynamics, if it has one
-            plan.dynamics_wrapper(planned) if plan.kind == "none" else planned,
-            (tf.zeros([], solve_dtype), solve_y0, flat_params), "`fn`",
+            plan.dynamics_wrapper(planned) if plan.kind == "none" else planned, plan_args,
+            "`fn`",
             "Pass them as `params` (fn(t, y, params)), read the variables inside fn, or "
             "use gradient='backprop'.")
     problem = ODEProblem(

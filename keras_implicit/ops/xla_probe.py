@@ -79,8 +79,7 @@ def probe(fn, *args):
         return Probe(False, f"an input of dtype {', '.join(unsupported)}", None, False)
     try:
         concrete, hlo = _lower(flat, specs)
-        nodes = _graph_nodes(concrete.graph)
-        random = draws_random(nodes)
+        random = draws_random(_graph_nodes(concrete.graph))
         if hlo is None:
             return Probe(False, UNINITIALIZED, None, random)
         try:
