@@ -167,8 +167,12 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
         self.jumps = _inner_jumps(jump_times, self.t0, self.t_end, self.dtype)
         self.num_jumps = tf.shape(self.jumps)[0]
         eps = tf.constant(state_ops.finfo(self.dtype).eps, self.dtype)
-        self.min_dt = 16.0 * eps * tf.maximum(tf.maximum(tf.abs(self.t0), tf.abs(self.t_end)),
-                                              1.0)
+        # A step is too small once it is below 16 ulps of the time it starts from (t + h
+        # barely moves); near t = 0, below 16 eps of eps times the interval's length. A floor
+        # relative to the interval's end (or to 1) failed easy float32 solves over long
+        # intervals: dy/dt = 0 on [0, 10] starts with a step of 1e-6 < 16 eps * 10.
+        self.min_dt_per_time = 16.0 * eps
+        self.min_dt_floor = 16.0 * eps * eps * tf.abs(self.t_end - self.t0)
         self.min_step = tf.constant(self.controller.min_step, self.dtype)
         self.max_step = tf.constant(self.controller.max_step, self.dtype)
         self.new_evals = solver.tableau.num_stages - 1
@@ -328,7 +332,8 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
         new["status"] = tf.where(
             finished, Status.SUCCESS,
             tf.where(
-                (new["dt"] < self.min_dt) | (~finite & at_min_step),
+                (new["dt"] < tf.maximum(self.min_dt_per_time * tf.abs(new["t"]),
+                                        self.min_dt_floor)) | (~finite & at_min_step),
                 tf.where(finite, Status.STEP_SIZE_TOO_SMALL, Status.NON_FINITE),
                 tf.where(new["accepted"] + new["rejected"] >= self.max_num_steps,
                          Status.MAX_STEPS_REACHED, Status.RUNNING)))

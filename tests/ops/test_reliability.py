@@ -83,6 +83,29 @@ def test_half_precision_states_take_many_steps_in_float32_time():
     np.testing.assert_allclose(float(run()[0]), np.e, rtol=2e-3)
 
 
+@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
+def test_long_intervals_may_start_with_small_steps(dtype):
+    """The step-size floor was 16 eps of the interval's end: dy/dt = 0 (a zero-initialised
+    dynamics) failed in float32 over [0, 10] (its first step is 1e-6), and so did
+    y' = -1000 e^-t (y - 1) over [0, 1000]. The floor is now relative to the current time."""
+    for t1 in (10.0, 1000.0):
+        result = ki.ops.odeint(lambda t, y: tf.zeros_like(y), tf.ones([2, 3], dtype), [0.0, t1])
+        np.testing.assert_array_equal(result.states[-1].numpy(), 1.0)
+    result = ki.ops.odeint(lambda t, y: -1000.0 * tf.exp(-t) * (y - 1.0),
+                           tf.constant([2.0], dtype), [0.0, 1000.0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(result.states[-1].numpy(), 1.0, atol=1e-5)  # 1 + e^-1000
+    # Solves that cannot go on still stop soon: a blow-up at t = 1, a NaN from t > 0 on.
+    result = ki.ops.odeint(lambda t, y: y ** 2, tf.constant([1.0], dtype), [0.0, 2.0],
+                           on_failure="ignore")
+    assert int(result.stats.status) == int(ki.ops.Status.STEP_SIZE_TOO_SMALL)
+    assert abs(float(result.stats.final_time) - 1.0) < 1e-3
+    assert int(result.stats.forward_nfe) < 3000
+    result = ki.ops.odeint(lambda t, y: tf.sqrt(-t) * y, tf.constant([1.0], dtype), [0.0, 1.0],
+                           on_failure="ignore")
+    assert int(result.stats.status) == int(ki.ops.Status.NON_FINITE)
+    assert int(result.stats.forward_nfe) < 1000
+
+
 @pytest.mark.parametrize("solver", ["tfp_dopri5", "bdf"])
 def test_tfp_solvers_stop_soon_after_the_dynamics_turn_nan(solver):
     def fn(t, y):
