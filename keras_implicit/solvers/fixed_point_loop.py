@@ -71,9 +71,12 @@ def batch_where(mask, a, b):
 
 
 def worst_of(values, *others):
-    """The entries at the largest of ``values`` (batch,); zeros for an empty batch."""
+    """The entries at the largest of ``values`` (batch,), a NaN being the largest; zeros
+    for an empty batch."""
     padded = tf.concat([values, tf.zeros([1], values.dtype)], 0)
-    worst = tf.argmax(padded, output_type=tf.int32)
+    # argmax passes over NaNs: a NaN sample would report another's residual, or 0.
+    key = tf.where(tf.math.is_nan(padded), tf.constant(float("inf"), values.dtype), padded)
+    worst = tf.argmax(key, output_type=tf.int32)
     return [tf.gather(padded, worst)] + [
         tf.gather(tf.concat([x, tf.zeros([1], x.dtype)], 0), worst) for x in others]
 

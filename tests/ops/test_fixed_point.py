@@ -254,6 +254,22 @@ def test_nan_cell_stops_at_the_first_non_finite_residual():
         assert int(result.stats.forward_iterations) == 2
 
 
+def test_a_nan_sample_is_the_worst_residual_of_the_batch():
+    # tf.argmax passes over NaN: the stats reported the finite sample's residual (1.0),
+    # or 0 when every sample was NaN, beside a NaN output.
+    x = tf.constant([[2.0, 2.0], [-5.0, 1.0]], tf.float64)  # sqrt(-5): sample 1 is NaN
+    for fn in (lambda z, x: tf.sqrt(x + 0.1 * z), lambda z, x: tf.sqrt(z - 1.0) + x):
+        result = ki.ops.fixed_point(fn, x, tf.zeros_like(x), on_failure="ignore")
+        assert np.isnan(result.z.numpy()).any()
+        assert int(result.stats.status) == 2 and not bool(result.stats.converged)
+        assert np.isnan(float(result.stats.abs_residual))
+        assert np.isnan(float(result.stats.rel_residual))
+    # A finite batch still reports its largest residual, with the other residual beside it.
+    result = ki.ops.fixed_point(lambda z, x: 0.5 * z + x, x[:1] * [[1.0, 100.0]],
+                                tf.zeros([1, 2], tf.float64), max_iter=3, on_failure="ignore")
+    assert 0 < float(result.stats.abs_residual) < np.inf
+
+
 def test_bad_arguments():
     x = tf.zeros([2, 3])
     fn = lambda z, x: 0.5 * z + x  # noqa: E731
