@@ -7,10 +7,13 @@ compares:
 - no earlier results: go ahead;
 - the same command and settings hash: the same run, which may continue
   (``table1`` resumes from its checkpoints) or redo its results;
-- anything else (other settings, another command, results without a
-  ``run.json``): refused with a message naming the settings that differ,
-  unless ``--overwrite`` is given, which deletes the earlier results of the
-  command (only the files it writes, never other files in the directory).
+- other settings, or results without a ``run.json``: refused with a
+  message naming the settings that differ, unless ``--overwrite`` is given,
+  which deletes the earlier results of the command (only the files it
+  writes, never other files in the directory);
+- another command's ``run.json``: refused even with ``--overwrite``, which
+  would replace that record and leave the other command's results (e.g.
+  ``table1``'s checkpoints) impossible to resume.
 
 :meth:`RunDirectory.check` only reads, so that ``validate(args)`` can run it
 before anything is created; :meth:`RunDirectory.prepare` then creates the
@@ -104,7 +107,12 @@ class RunDirectory:
             reason = (f"results of keras-implicit {self.command} ({', '.join(found)}) without a "
                       f"readable {RUN_FILE} to say which settings made them")
         elif record.get("command") != self.command:
-            reason = f"results of keras-implicit {record.get('command')!r}"
+            # --overwrite discards this command's results only: the other command's
+            # run.json (and so its resumable checkpoints) would be lost with it.
+            raise UsageError(f"--out {self.out!r} holds the results of keras-implicit "
+                             f"{record.get('command')!r} (its {RUN_FILE}); --overwrite would "
+                             f"discard only {self.command}'s own results. Choose another "
+                             f"--out.")
         elif record.get("settings_hash") != self.hash:
             differences = describe_differences(record.get("settings") or {}, self.settings)
             reason = f"results of other settings ({differences or 'their hash differs'})"

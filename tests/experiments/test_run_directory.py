@@ -42,8 +42,13 @@ def test_same_settings_continue_other_settings_are_refused(tmp_path):
         f"--out {str(out)!r} holds results of other settings (lr: 0.1 there, 0.2 here; "
         "new: '<unset>' there, 1 here). Pass --overwrite to discard them, or choose another "
         "--out.")
-    with pytest.raises(UsageError, match="holds results of keras-implicit 'demo'"):
-        run_directory.RunDirectory(out, "other", {"lr": 0.1, "seed": 0}, NAMES).check(False)
+    # Another command's run.json: refused even with --overwrite, which used to replace the
+    # record and so leave the first command's checkpoints impossible to resume.
+    for overwrite in (False, True):
+        with pytest.raises(UsageError, match="holds the results of keras-implicit 'demo' "
+                           r"\(its run.json\); --overwrite would discard only other's own"):
+            run_directory.RunDirectory(out, "other", {"lr": 0.1}, ("other.csv",)).check(overwrite)
+    assert json.loads((out / "run.json").read_text())["command"] == "demo"
 
     replaced = prepared(out, {"lr": 0.2, "seed": 0, "new": 1}, overwrite=True)
     replaced.release()
