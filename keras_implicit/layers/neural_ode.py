@@ -54,7 +54,8 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             (``return_sequences`` too). ``t`` may be a ``(batch,)`` tensor.
         return_events: return ``(state, event_time, fired)`` instead of the
             state: ``event_time`` ``(batch,)`` (``t1`` where the event did not
-            fire) and ``fired`` ``(batch,)`` bool.
+            fire) in the solver's time dtype (float32 under a mixed policy: times
+            are not rounded to the compute dtype) and ``fired`` ``(batch,)`` bool.
         **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``...).
 
     Call arguments:
@@ -257,7 +258,8 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             rank = len(inputs.shape)
             output = tf.transpose(states, [1, 0] + list(range(2, rank + 1)))
         if self.return_events:
-            return output, tf.cast(result.event_times, output.dtype), result.event_fired
+            # The solver's time dtype (float32 under a mixed policy): times are not rounded.
+            return output, result.event_times, result.event_fired
         return output
 
     def _record_backward(self, stats):

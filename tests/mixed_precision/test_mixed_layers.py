@@ -73,6 +73,28 @@ def test_half_dynamics_in_a_float32_layer(policy):
     assert deq(x).dtype == "float32"
 
 
+class Glide(keras.layers.Layer):  # y = [height, velocity], at a constant velocity
+    def call(self, y, t=None):
+        return keras.ops.stack([y[:, 1], keras.ops.zeros_like(y[:, 1])], axis=1)
+
+
+class Height(keras.layers.Layer):
+    def call(self, y, t=None):
+        return y[:, 0]
+
+
+def test_event_times_keep_the_solver_time_dtype(policy):
+    """Times are not rounded: event_time used to come back in the compute dtype (float16:
+    t1 = 70000 became inf for a sample whose event did not fire)."""
+    layer = ki.layers.NeuralODE(Glide(), t1=70_000.0, event=Height(), return_events=True,
+                                jit_dynamics=False)
+    # The first sample reaches height 0 at t = 2.5; the second never does.
+    _, event_time, fired = layer(np.array([[2.0, -0.8], [-1.0, 0.0]], "float32"))
+    assert event_time.dtype == "float32" and list(fired.numpy()) == [True, False]
+    assert abs(float(event_time[0]) - 2.5) < 10 * pc.EPS[policy]
+    assert float(event_time[1]) == 70_000.0
+
+
 def test_a_float64_layer_refuses_float32_dynamics():
     with pytest.raises(TypeError, match="create the dynamics with dtype='float64'"):
         ki.layers.NeuralODE(ki.layers.ConcatDense(2), dtype="float64")
