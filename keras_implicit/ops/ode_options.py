@@ -43,6 +43,9 @@ class ODEOptions:
                  on_failure="raise"):
         self.solver = solver_base.get(solver)
         self.gradient = ode_gradients.get(gradient)
+        # A name may mean more than its default instance (under float16 "adjoint" is
+        # normalized, Adjoint() is not): the config keeps an instance as an instance.
+        self.gradient_by_name = isinstance(gradient, str)
         self.rtol = validation.positive_float("rtol", rtol)
         self.atol = validation.positive_float("atol", atol)
         self.max_num_steps = validation.positive_int("max_num_steps", max_num_steps)
@@ -109,7 +112,8 @@ class ODEOptions:
         """The options as config values: pluggable objects as names or Keras config dicts."""
         config = self.as_kwargs()
         config["solver"] = solver_base.ODE_SOLVERS.serialize(self.solver)
-        config["gradient"] = ode_gradients.ODE_GRADIENTS.serialize(self.gradient)
+        config["gradient"] = ode_gradients.ODE_GRADIENTS.serialize(
+            self.gradient, short=self.gradient_by_name)
         if self.step_control is not None:
             config["step_control"] = step_control_lib.STEP_CONTROLLERS.serialize(
                 self.step_control)

@@ -156,10 +156,11 @@ class Registry:
             raise ValueError(f"Invalid options for the {self.kind} {name!r}: {error}. "
                              f"Received: {argument}={identifier!r}") from None
 
-    def serialize(self, instance):
-        """``instance`` as its registered name if it is that name's default, else as a Keras
-        config dict (written by ``keras_implicit.serialization``, the Keras side)."""
-        name = self.short_name(instance)
+    def serialize(self, instance, short=True):
+        """``instance`` as its registered name if it is that name's default (and ``short``),
+        else as a Keras config dict (written by ``keras_implicit.serialization``, the Keras
+        side)."""
+        name = self.short_name(instance) if short else None
         if name is not None:
             return name
         from keras_implicit import serialization

@@ -144,6 +144,13 @@ def test_an_adjoint_instance_is_used_as_given(float16):
     assert by_name.get_config()["gradient"] == "adjoint"
     clone = ki.layers.NeuralODE.from_config(by_name.get_config())
     assert clone._solve_kwargs["gradient"] == ki.ops.Adjoint(normalize=True)
+    # The opt-out Adjoint(normalize=False) equals Adjoint(), whose name the config used to
+    # write: the clone and a reloaded model then solved normalized.
+    config = unnormalized.get_config()
+    assert config["gradient"]["config"]["normalize"] is False
+    clone = ki.layers.NeuralODE.from_config(config)
+    assert clone._solve_kwargs["gradient"] == ki.ops.Adjoint(normalize=False)
+    assert clone.get_config()["gradient"] == config["gradient"]
 
 
 @pytest.mark.parametrize("case", ["ode-adjoint", "deq-implicit"])
