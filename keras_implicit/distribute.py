@@ -11,13 +11,14 @@ bound on the time a worker waits for its peers.
 """
 
 import os
+import math
 import re
-import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_implicit import distribute_checkpoint
 from keras_implicit.callbacks import SolverStats
 
 _UNEVEN_BATCH_MARKER = "ki.distribute.fit: uneven shards"
@@ -60,8 +61,9 @@ def multi_worker_strategy(timeout_seconds=300.0, cluster_resolver=None,
         >>> ki.distribute.fit(model, dataset, epochs=10, checkpoint_dir="/shared/ckpt")
     """
     if isinstance(timeout_seconds, bool) or not isinstance(
-            timeout_seconds, (int, float, np.integer, np.floating)) or not timeout_seconds > 0:
-        raise ValueError(f"`timeout_seconds` must be a number > 0. "
+            timeout_seconds, (int, float, np.integer, np.floating)) or not (
+            timeout_seconds > 0 and math.isfinite(timeout_seconds)):
+        raise ValueError(f"`timeout_seconds` must be a finite number > 0. "
                          f"Received: timeout_seconds={timeout_seconds!r}")
     if cluster_resolver is None:
         cluster_resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
@@ -173,14 +175,15 @@ def fit(model, dataset, epochs=1, *, strategy=None, checkpoint_dir=None, callbac
     chief = strategy.extended.should_checkpoint
     if verbose == "auto":
         verbose = 1 if chief else 0
-    callbacks = list(callbacks or [])
+    callbacks = _as_list(callbacks)
     if solver_stats and not any(isinstance(c, SolverStats) for c in callbacks):
         callbacks.append(SolverStats())
     _build(model, strategy, dataset)
     initial_epoch = 0
     checkpoint = None
     if checkpoint_dir is not None:
-        checkpoint = _EpochCheckpoint(os.fspath(checkpoint_dir), model, strategy)
+        checkpoint = distribute_checkpoint.EpochCheckpoint(
+            os.fspath(checkpoint_dir), model, strategy)
         initial_epoch = checkpoint.restore()
     train_function = _make_train_function(model, strategy)
     cardinality = int(dataset.cardinality())
@@ -231,8 +234,12 @@ def _check_fit_arguments(model, dataset, epochs, strategy, checkpoint_dir, callb
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
         raise TypeError(f"`checkpoint_dir` must be a path or None. "
                         f"Received: checkpoint_dir={checkpoint_dir!r}")
+    if checkpoint_dir is not None and os.path.exists(checkpoint_dir) and not os.path.isdir(
+            checkpoint_dir):  # found before training, not at the first epoch's save
+        raise ValueError(f"`checkpoint_dir` must be a directory (or a path to create one); "
+                         f"it is a file. Received: checkpoint_dir={checkpoint_dir!r}")
     if callbacks is not None and not all(
-            isinstance(c, keras.callbacks.Callback) for c in callbacks):
+            isinstance(c, keras.callbacks.Callback) for c in _as_list(callbacks)):
         raise TypeError(f"`callbacks` must be a list of keras.callbacks.Callback. "
                         f"Received: callbacks={callbacks!r}")
     if verbose not in ("auto", 0, 1, 2) or isinstance(verbose, bool):
@@ -255,6 +262,16 @@ def _check_fit_arguments(model, dataset, epochs, strategy, checkpoint_dir, callb
     return strategy
 
 
+def _as_list(callbacks):
+    """``callbacks`` as a list: one callback alone is taken, as ``Model.fit`` takes it."""
+    if isinstance(callbacks, keras.callbacks.Callback):
+        return [callbacks]
+    try:
+        return list(callbacks or [])
+    except TypeError:
+        return [callbacks]
+
+
 def _build(model, strategy, dataset):
     """Creates every variable before the loop: ``strategy.run`` cannot create them.
 
@@ -267,9 +284,18 @@ def _build(model, strategy, dataset):
         if data is None:
             raise ValueError(f"The dataset gave no batch. Received: an empty dataset with "
                              f"element_spec={dataset.element_spec}")
+        unbatched = "`dataset` must give global batches (`dataset.batch(global_batch_size)`)"
+        received = f"Received: dataset with element_spec={dataset.element_spec}"
+        if any(t.shape.rank == 0 for t in tf.nest.flatten(data)):
+            raise ValueError(f"{unbatched}; its elements hold scalars. {received}")
         sample = tf.nest.map_structure(lambda t: t[:1], data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(sample)
-        y_pred = model(x)
+        try:
+            y_pred = model(x)
+        except ValueError as error:  # e.g. Keras' "Invalid input shape": is it a batch?
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split("Arguments received")[0]
+            raise ValueError(f"The model refused one sample of the dataset's first element "
+                             f"({' '.join(text.split())}). {unbatched}. {received}") from error
         if getattr(model, "loss", None) is not None:
             model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
                                training=False)
@@ -332,66 +358,3 @@ def _run_step(train_function, batch, epoch, step):
             f"that divide among the replicas. Received: a global batch split into shards of "
             f"{sizes} samples") from None
     return {name: np.asarray(value).item() for name, value in logs.items()}
-
-
-class _EpochCheckpoint:
-    """The model's and the optimizer's variables and the number of finished epochs.
-
-    The variables are saved as two lists in the order of ``model.variables``
-    and ``optimizer.variables`` (weights, solver statistics, seed generator
-    states; slots): ``tf.train.Checkpoint(model=model)`` would miss the
-    variables Keras 3 keeps in plain lists (a ``ContinuousFlow``'s dynamics,
-    a GRU's kernels). Restoring checks that the checkpoint fits exactly.
-    Every worker takes part in saving; the chief writes to the directory, the
-    others to a scratch subdirectory deleted at once (TensorFlow's pattern for
-    ``MultiWorkerMirroredStrategy``). Every worker restores from the chief's.
-    """
-
-    def __init__(self, directory, model, strategy):
-        self.directory = directory
-        self.strategy = strategy
-        self.chief = strategy.extended.should_checkpoint
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="finished_epochs")
-        self.checkpoint = tf.train.Checkpoint(
-            model_variables=[v.value for v in model.variables],
-            optimizer_variables=[v.value for v in model.optimizer.variables], epoch=self.epoch)
-        self.write_directory = directory
-        if not self.chief:
-            resolver = strategy.cluster_resolver
-            self.write_directory = os.path.join(
-                directory, f".scratch_{resolver.task_type}_{resolver.task_id}")
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.write_directory,
-                                                  max_to_keep=1)
-
-    def restore(self):
-        """Restores the latest checkpoint, if any; returns the number of finished epochs."""
-        latest = tf.train.latest_checkpoint(self.directory)
-        if latest is not None:
-            try:
-                self.checkpoint.restore(latest).assert_consumed()
-            except (AssertionError, ValueError, tf.errors.OpError) as error:
-                raise ValueError(
-                    f"The checkpoint {latest} does not fit this model and optimizer (another "
-                    f"architecture or optimizer?): {str(error)[:300]}. Use a new directory to "
-                    f"start over. Received: checkpoint_dir={self.directory!r}") from error
-        epoch = int(self.epoch.numpy())
-        everyone = _gather_from_workers(self.strategy, epoch)
-        if len(set(everyone)) > 1:
-            raise ValueError(
-                f"The workers found different checkpoints (finished epochs per replica: "
-                f"{everyone}): `checkpoint_dir` must be one directory that every worker reads, "
-                f"e.g. on a shared file system. Received: checkpoint_dir={self.directory!r}")
-        return epoch
-
-    def save(self, finished_epochs):
-        self.epoch.assign(finished_epochs)
-        self.manager.save(checkpoint_number=finished_epochs)
-        if not self.chief:
-            shutil.rmtree(self.write_directory, ignore_errors=True)
-
-
-def _gather_from_workers(strategy, value):
-    """``value`` (a Python int, one per worker) of every replica, as a list."""
-    per_replica = strategy.experimental_distribute_values_from_function(
-        lambda _: tf.constant([value], tf.int64))
-    return [int(v) for v in strategy.gather(per_replica, axis=0).numpy()]

@@ -118,10 +118,13 @@ def test_replicas_given_unequal_shards_are_refused_before_any_update(
         assert model.optimizer.iterations.numpy() == 2
 
 
-def test_bad_arguments(two_device_strategies):
+def test_bad_arguments(two_device_strategies, tmp_path):
     mirrored = two_device_strategies[1]
     model = dense_model(mirrored)
     data = regression_data(8, 4)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("the user's")
+    x = np.zeros((8, 2), "float32")
     for kwargs, error, match in [
         ({"model": "model"}, TypeError, "Received: model='model'"),
         ({"dataset": np.zeros((4, 2))}, TypeError, "Received: dataset of type ndarray"),
@@ -131,6 +134,12 @@ def test_bad_arguments(two_device_strategies):
         ({"verbose": 3}, ValueError, "Received: verbose=3"),
         ({"callbacks": [print]}, TypeError, "Received: callbacks="),
         ({"checkpoint_dir": 3}, TypeError, "Received: checkpoint_dir=3"),
+        # These three trained an epoch, or failed deep in Keras or TensorFlow, before.
+        ({"checkpoint_dir": a_file}, ValueError, "must be a directory .*it is a file"),
+        ({"dataset": tf.data.Dataset.from_tensor_slices((x, x[:, 0]))}, ValueError,
+         r"global batches \(`dataset.batch\(global_batch_size\)`\); its elements hold scalars"),
+        ({"dataset": tf.data.Dataset.from_tensor_slices((x, x[:, :1]))}, ValueError,
+         r"refused one sample .*Invalid input shape.*must give global batches"),
         ({"strategy": two_device_strategies[0]}, ValueError,
          "under `with strategy.scope\\(\\):`.*Received: strategy=OneDeviceStrategy"),
     ]:
@@ -144,6 +153,10 @@ def test_bad_arguments(two_device_strategies):
     outside.compile("sgd", "mse")
     with pytest.raises(ValueError, match="these variables are not"):
         ki.distribute.fit(outside, data, strategy=mirrored)
-    for timeout in (0, -1.0, True, "60"):
+    assert a_file.read_text() == "the user's" and model.optimizer.iterations.numpy() == 0
+    history = ki.distribute.fit(model, data, callbacks=keras.callbacks.CSVLogger(
+        str(tmp_path / "log.csv")), verbose=0)  # one callback alone, as Model.fit takes it
+    assert (tmp_path / "log.csv").exists() and len(history.history["loss"]) == 1
+    for timeout in (0, -1.0, True, "60", float("inf"), float("nan")):
         with pytest.raises(ValueError, match=f"Received: timeout_seconds={timeout!r}"):
             ki.distribute.multi_worker_strategy(timeout_seconds=timeout)
