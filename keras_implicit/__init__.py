@@ -39,6 +39,7 @@ from keras_implicit import callbacks  # noqa: E402
 from keras_implicit import config  # noqa: E402
 from keras_implicit import datasets  # noqa: E402
 from keras_implicit import distribute  # noqa: E402
+from keras_implicit import files  # noqa: E402
 from keras_implicit import layers  # noqa: E402
 from keras_implicit import models  # noqa: E402
 from keras_implicit import ops  # noqa: E402

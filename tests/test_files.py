@@ -184,6 +184,31 @@ def test_latent_ode_save_that_fails_keeps_the_earlier_file(tmp_path, monkeypatch
     assert listing(tmp_path) == ["latent.keras"]
 
 
+def test_a_failed_save_of_any_model_keeps_the_earlier_file(tmp_path):
+    """The README's Quick start: Keras's own model.save truncates the earlier file."""
+
+    @keras.saving.register_keras_serializable(package="test_files")
+    class Flaky(keras.layers.Layer):
+        fail = False
+
+        def call(self, x):
+            return x
+
+        def get_config(self):
+            if Flaky.fail:
+                raise RuntimeError("get_config failed")
+            return super().get_config()
+
+    model = keras.Sequential([keras.Input((2,)), Flaky(), keras.layers.Dense(1)])
+    path = tmp_path / "model.keras"
+    ki.files.save_model(model, path)
+    saved = path.read_bytes()
+    Flaky.fail = True
+    with pytest.raises(RuntimeError, match="get_config failed"):
+        ki.files.save_model(model, path)
+    assert path.read_bytes() == saved and listing(tmp_path) == ["model.keras"]
+
+
 def test_save_model_passes_keras_errors_through_without_writing(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="Invalid filepath extension"):
