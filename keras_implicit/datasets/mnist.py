@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import os
 import pathlib
+import zipfile
 import zlib
 
 import numpy as np
@@ -183,8 +184,13 @@ def _read_checksums(directory):
     sums_file = directory / CHECKSUM_FILE
     if not sums_file.is_file():
         return {}
+    try:
+        text = sums_file.read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{str(sums_file)!r} is not a text file of '<sha256>  <file>' "
+                         f"lines: {error}") from None
     checksums = {}
-    for number, line in enumerate(sums_file.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -221,7 +227,7 @@ def _load_npz(file):
         if str(file) in str(error):
             raise
         raise ValueError(f"MNIST file {str(file)!r} is not a readable .npz: {error}") from None
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zipfile.BadZipFile) as error:  # BadZipFile: truncated
         raise ValueError(f"MNIST file {str(file)!r} is not a readable .npz: {error}") from None
     for name, array in arrays.items():
         if array.dtype != np.uint8:

@@ -150,9 +150,12 @@ def validate(args):
     except (ValueError, OSError) as error:
         raise arguments.UsageError(" ".join(str(error).split())) from None
     except Exception as error:  # noqa: BLE001 -- keras' download raises a bare Exception
+        source = f"--data={args.data!r}"
+        if args.data is None:
+            source += f", $KERAS_IMPLICIT_DATA={os.environ.get('KERAS_IMPLICIT_DATA')!r}"
         raise arguments.UsageError(
             f"could not load MNIST ({type(error).__name__}: {' '.join(str(error).split())}); "
-            f"pass --data or set $KERAS_IMPLICIT_DATA. Received: --data={args.data!r}") from None
+            f"pass --data or set $KERAS_IMPLICIT_DATA. Received: {source}") from None
     (x_train, _), (x_test, _) = args.split
     # Measured steps: full batches of every epoch but its first (it may trace).
     if len(x_train) // args.batch_size < 2:

@@ -116,6 +116,9 @@ def test_checksums_are_verified(tmp_path):
     (tmp_path / "SHA256SUMS").write_text("not a checksum line\n")
     with pytest.raises(ValueError, match="SHA256SUMS.*line 1"):
         mnist.load_data(tmp_path)
+    (tmp_path / "SHA256SUMS").write_bytes(b"\xff\xfe garbage \x80\n")  # was a bare decode error
+    with pytest.raises(ValueError, match="SHA256SUMS' is not a text file"):
+        mnist.load_data(tmp_path)
 
 
 def test_truncated_real_gzip_is_named(mnist_path, tmp_path):
@@ -198,6 +201,12 @@ def test_bad_npz(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
     with pytest.raises(ValueError, match="junk.npz.*not a readable .npz"):
         mnist.load_data(tmp_path / "junk.npz")
+    # A truncated archive raised zipfile.BadZipFile, which named no file.
+    np.savez(tmp_path / "cut.npz", **arrays)
+    whole = (tmp_path / "cut.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match="cut.npz.*not a readable .npz"):
+        mnist.load_data(tmp_path / "cut.npz")
 
 
 def test_falls_back_to_keras_download(monkeypatch):
