@@ -54,6 +54,11 @@ def main(argv=None):
         return args._module.run(args)
     except UsageError as error:  # found once the run starts (--out cannot be made, in use)
         args._parser.error(" ".join(str(error).split()))
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (files are written whole)
+        resume = (" Rerun the same command to resume after the last finished epoch."
+                  if args.command == "table1" else "")
+        print(f"keras-implicit {args.command}: interrupted.{resume}", file=sys.stderr)
+        return 130
     finally:
         if getattr(args, "run_directory", None) is not None:
             args.run_directory.release()

@@ -135,6 +135,20 @@ def test_a_failed_download_is_a_usage_error(table1_cli, tmp_path, capsys, monkey
     assert not (tmp_path / "out").exists()
 
 
+def test_ctrl_c_ends_with_a_line_not_a_traceback(table1_cli, mnist_path, tmp_path, capsys,
+                                                 monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(table1, "run", interrupted)
+    code = table1_cli(["table1", "--data", mnist_path, "--out", str(tmp_path / "out"),
+                       "--train-size", "256", "--test-size", "100"])
+    assert code == 130
+    assert capsys.readouterr().err.strip() == (
+        "keras-implicit table1: interrupted. Rerun the same command to resume after the last "
+        "finished epoch.")
+
+
 def test_results_without_run_json_are_not_overwritten(table1_cli, mnist_path, tmp_path,
                                                       capsys):
     """An --out holding an older version's table (no run.json) is refused, not trained over."""
