@@ -43,7 +43,7 @@ class FFJORD(tfp.bijectors.Bijector):
         num_probes: Hutchinson probes per solve, averaged (int >= 1).
         regularizers: RNODE terms to integrate with the flow, among
             ``"kinetic_energy"`` and ``"jacobian_frobenius"`` (Finlay et al. 2020).
-        event_shape: the shape of one event, any rank, e.g. ``(2,)`` or
+        event_shape: the shape of one event, of rank 1 or more, e.g. ``(2,)`` or
             ``(28, 28, 1)``; ``None`` for vectors whose size is fixed by the
             first call. Inputs of another event shape are rejected.
         validate_args, name: as for every bijector.

@@ -233,6 +233,16 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         if not self.built:
             raise ValueError(
                 "The ContinuousFlow is not built yet: call it on data or fit it first.")
+        if tf.is_symbolic_tensor(n):  # an exported endpoint's n: checked when it runs
+            if not n.dtype.is_integer or n.shape.rank != 0:
+                raise validation.ArgumentTypeError(
+                    f"`n` must be an int >= 0 (or a scalar integer tensor). Received: n={n!r}")
+            n = tf.ensure_shape(n, [])
+            with tf.control_dependencies([tf.debugging.assert_non_negative(
+                    n, message="`n` must be an int >= 0 (the number of samples)")]):
+                n = tf.identity(n)
+        else:
+            n = validation.check_int("n", n, minimum=0)
         shape = tf.concat([tf.reshape(tf.cast(n, tf.int32), [1]), self.event_shape], 0)
         if seed is None:
             z = keras.random.normal(shape, dtype=self.state_dtype, seed=self._seed_generator)

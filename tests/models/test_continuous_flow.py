@@ -129,6 +129,16 @@ def test_bad_inputs_name_the_argument_and_value():
     flow.log_prob(np.zeros((3, 2), np.float32))
     with pytest.raises(ValueError, match=r"event shape \(3,\).*event_shape=\(2,\)"):
         flow.log_prob(np.zeros((3, 3), np.float32))
+    # sample(2.7) gave 2 samples; -1 and "3" failed in TensorFlow's ops.
+    for n in (2.7, -1, "3", True):
+        with pytest.raises(ValueError, match=re.escape(f"`n` must be an int >= 0. Received: "
+                                                       f"n={n!r}")):
+            flow.sample(n)
+    assert flow.sample(0).shape == (0, 2) and flow.sample(np.int64(3)).shape == (3, 2)
+    sample = tf.function(flow.sample, input_signature=[tf.TensorSpec((), tf.int32)])
+    assert sample(tf.constant(4)).shape == (4, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`n` must be an int >= 0"):
+        sample(tf.constant(-1))
 
 
 def eight_gaussians_entropy(n=200_000, seed=123):
