@@ -99,8 +99,10 @@ class AdaptiveRungeKutta(base.ODESolver):
     def trial_step(self, fn, t, h, t_last, y, f, rtol, atol, error_mask=None, midpoint=True):
         """One trial step from ``(t, y)`` with derivative ``f``, of size ``h``.
 
-        The last stage (at the new solution, first same as last) is evaluated
-        at ``t_last`` (``t + h``, or just before a jump time).
+        The stages at the step's end (the last one, at the new solution, first
+        same as last, and any other with ``c = 1``) are evaluated at ``t_last``
+        (``t + h``, or just before a jump time: a step that lands on a jump
+        sees only the dynamics of its own side).
 
         Returns:
             ``(y_new, f_new, y_mid, ratio)``: the new state, its derivative,
@@ -115,6 +117,8 @@ class AdaptiveRungeKutta(base.ODESolver):
             y_i = state_ops.combine(y, h, tab.a[i], ks)
             if i == tab.num_stages - 1:
                 y_new = y_i
+                t_i = t_last
+            elif tab.c[i] == 1.0:  # dopri5's 6th stage: on the step's side of a jump time too
                 t_i = t_last
             else:
                 t_i = t + tab.c[i] * h
@@ -312,7 +316,11 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
             fresh_fn = self.fn
             if self.tracker is not None:
                 fresh_fn = self.tracker.mask(self.fn, new["events"])
-            f_new = tf.cond(restart, lambda: [tf.identity(v) for v in fresh_fn(target, y_new)],
+            # Just past the jump: dynamics that give the jump time its left-hand value
+            # (t <= tau) must restart from the right-hand one.
+            past_jump = tf.math.nextafter(target, t_end)
+            f_new = tf.cond(restart,
+                            lambda: [tf.identity(v) for v in fresh_fn(past_jump, y_new)],
                             lambda: [tf.identity(v) for v in f_new])
             nfe += tf.cast(restart, tf.int32)
             new["jump_index"] = index + tf.cast(restart, tf.int32)

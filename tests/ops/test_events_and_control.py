@@ -139,7 +139,32 @@ def test_jump_times_restart_at_a_discontinuity():
     error_jump, steps_jump = results[False]
     error_plain, steps_plain = results[True]
     assert error_jump < 1e-7
-    assert steps_jump < steps_plain or error_jump < error_plain, results
+    assert steps_jump < steps_plain and error_jump < error_plain, results
+
+
+@pytest.mark.parametrize("solver", ["dopri5", "bosh3"])
+@pytest.mark.parametrize("value_at_jump", ["left", "right"])
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_a_jump_gives_either_convention_in_either_direction_to_tolerance(
+        solver, value_at_jump, direction):
+    """y' = 0.3 y before t = 1, -0.8 y after. dopri5's 6th stage (c = 1) ran at the jump
+    time itself and the restart derivative was taken there too: one of the two saw the
+    wrong side, so a step landing on the jump was rejected ~40 times (f(1) the right-hand
+    value) or the result was 100x the tolerance off (the left-hand one, or backward)."""
+    rate = (lambda t: tf.where(t < 1.0, 0.3, -0.8)) if value_at_jump == "right" else (
+        lambda t: tf.where(t <= 1.0, 0.3, -0.8))
+    times, exact = ([0.0, 2.0], np.exp(-0.5)) if direction == "forward" else (
+        [2.0, 0.0], np.exp(0.5))
+    counts = {}
+    for jumps in (None, [1.0]):
+        result = ki.ops.odeint(lambda t, y: tf.cast(rate(t), y.dtype) * y,
+                               tf.constant([1.0], tf.float64), times, solver=solver,
+                               rtol=1e-8, atol=1e-8,
+                               step_control=ki.solvers.IController(jump_times=jumps))
+        error = abs(float(result.states[-1, 0]) - exact) / exact
+        counts[jumps is None] = int(result.stats.accepted_steps + result.stats.rejected_steps)
+    assert error < 1e-7  # with the jump
+    assert int(result.stats.rejected_steps) <= 2 and counts[False] < counts[True], counts
 
 
 def test_min_and_max_step_bound_the_steps():
