@@ -168,7 +168,7 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
         self.recorder = None if not dense else dense_lib.DenseRecorder(
             4 if solver.tableau.b_mid is not None else 3, self.dtype)
         self.has_jumps = jump_times is not None
-        self.jumps = _inner_jumps(jump_times, self.t0, self.t_end, self.dtype)
+        self.jumps = step_control.inner_jump_times(jump_times, self.t0, self.t_end, self.dtype)
         self.num_jumps = tf.shape(self.jumps)[0]
         eps = tf.constant(state_ops.finfo(self.dtype).eps, self.dtype)
         # A step is too small once it is below 16 ulps of the time it starts from (t + h
@@ -335,16 +335,19 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
         new["accepted"] = state["accepted"] + tf.cast(accept, tf.int32)
         new["rejected"] = state["rejected"] + 1 - tf.cast(accept, tf.int32)
         finished = accept & lands & (target >= t_end)
+        event_failed = tf.constant(False)
         if self.tracker is not None:
             finished = finished | (accept & self.tracker.all_fired(new["events"]))
+            event_failed = self.tracker.failed(new["events"])
+        too_small = (new["dt"] < tf.maximum(self.min_dt_per_time * tf.abs(new["t"]),
+                                            self.min_dt_floor)) | (~finite & at_min_step)
         new["status"] = tf.where(
-            finished, Status.SUCCESS,
-            tf.where(
-                (new["dt"] < tf.maximum(self.min_dt_per_time * tf.abs(new["t"]),
-                                        self.min_dt_floor)) | (~finite & at_min_step),
-                tf.where(finite, Status.STEP_SIZE_TOO_SMALL, Status.NON_FINITE),
-                tf.where(new["accepted"] + new["rejected"] >= self.max_num_steps,
-                         Status.MAX_STEPS_REACHED, Status.RUNNING)))
+            event_failed, Status.EVENT_NON_FINITE,
+            tf.where(finished, Status.SUCCESS,
+                     tf.where(too_small,
+                              tf.where(finite, Status.STEP_SIZE_TOO_SMALL, Status.NON_FINITE),
+                              tf.where(new["accepted"] + new["rejected"] >= self.max_num_steps,
+                                       Status.MAX_STEPS_REACHED, Status.RUNNING))))
         return new
 
     def complete(self, state):
@@ -385,18 +388,6 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
                                 None if self.tracker is None else state["events"]["steps"])
         dense = None if self.recorder is None else self.recorder.finish(state["dense"], state["t"])
         return base.SolveResult(states, stats, dense, self.events_of(state))
-
-
-def _inner_jumps(jump_times, t0, t_end, dtype):
-    """The jump times strictly inside ``(t0, t_end)`` in increasing order, then ``t_end``
-    for each of the others (a 1-D tensor of static length, as XLA needs): a jump at
-    ``t_end`` is no jump."""
-    if jump_times is None:
-        return tf.zeros([1], dtype)
-    jumps = tf.reshape(tf.cast(jump_times, dtype), [-1])
-    jumps = tf.sort(tf.where((jumps > t0) & (jumps < t_end), jumps, t_end))
-    # One spare entry at the end keeps the indexing in bounds when none is left.
-    return tf.concat([jumps, tf.reshape(t_end, [1])], 0)
 
 
 base.ODE_SOLVERS.add("dopri5", lambda **kw: AdaptiveRungeKutta(runge_kutta.DORMAND_PRINCE, **kw),

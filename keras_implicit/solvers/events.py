@@ -106,6 +106,10 @@ class EventTracker:
     def all_fired(self, state):
         return tf.reduce_all(state["fired"]) & (tf.size(state["fired"]) > 0)
 
+    def failed(self, state):
+        """Whether ``event_fn`` gave NaN or Inf for a sample whose event has not fired."""
+        return tf.reduce_any(~state["fired"] & ~tf.math.is_finite(state["g"]))
+
     def update(self, state, accept, t, h, t_new, y_new, coefficients):
         """After a trial step: locates the events of the accepted step.
 
@@ -115,7 +119,9 @@ class EventTracker:
 
         def located():
             g_new = self.evaluate(t_new, y_new)
-            crossing = (~state["fired"] & tf.not_equal(state["g"], 0.0)
+            # A NaN is no sign change (it would fire at a NaN time): ``failed`` reports it.
+            valid = tf.math.is_finite(g_new) & tf.math.is_finite(state["g"])
+            crossing = (~state["fired"] & valid & tf.not_equal(state["g"], 0.0)
                         & (tf.equal(g_new, 0.0) | (tf.sign(g_new) != tf.sign(state["g"]))))
             return g_new, crossing
 

@@ -20,6 +20,7 @@ class Status(enum.IntEnum):
     NON_FINITE = 2
     STEP_SIZE_TOO_SMALL = 3
     FAILED = 4
+    EVENT_NON_FINITE = 5
 
     @property
     def message(self):
@@ -35,6 +36,8 @@ _MESSAGES = {
     Status.STEP_SIZE_TOO_SMALL: "the step size underflowed (the dynamics are too stiff or "
                                 "singular for the tolerances)",
     Status.FAILED: "the solver reported a failure",
+    Status.EVENT_NON_FINITE: "the event function (event_fn) gave NaN or Inf for a sample "
+                             "whose event had not fired",
 }
 
 # Where a family can say more about why a solve stopped.

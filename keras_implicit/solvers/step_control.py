@@ -201,3 +201,15 @@ def _check_jump_times(jump_times):
 def get(identifier, argument="step_control"):
     """A ``StepController`` from ``"i"``, ``"pid"``, a config dict or an instance."""
     return STEP_CONTROLLERS.get(identifier, argument)
+
+
+def inner_jump_times(jump_times, t0, t_end, dtype):
+    """The jump times strictly inside ``(t0, t_end)`` in increasing order, then ``t_end``
+    for each of the others (a 1-D tensor of static length, as XLA needs): a jump at
+    ``t_end`` is no jump."""
+    if jump_times is None:
+        return tf.zeros([1], dtype)
+    jumps = tf.reshape(tf.cast(jump_times, dtype), [-1])
+    jumps = tf.sort(tf.where((jumps > t0) & (jumps < t_end), jumps, t_end))
+    # One spare entry at the end keeps the indexing in bounds when none is left.
+    return tf.concat([jumps, tf.reshape(t_end, [1])], 0)

@@ -167,6 +167,30 @@ def test_a_jump_gives_either_convention_in_either_direction_to_tolerance(
     assert int(result.stats.rejected_steps) <= 2 and counts[False] < counts[True], counts
 
 
+def test_a_nan_event_value_is_an_error_that_names_event_fn():
+    """A NaN g passed for a sign change: a solve whose every event was NaN reported success
+    with NaN event times and states; one NaN sample blamed the state."""
+    y0 = tf.constant([[-1.0], [-2.0]], tf.float64)
+    rising = lambda t, y: tf.ones_like(y)  # noqa: E731
+    log_height = lambda t, y: tf.math.log(y[:, 0])  # noqa: E731  (NaN: negative heights)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"status 5 at time 0\.\d+: the event function \(event_fn\) gave "
+                             r"NaN or Inf for a sample whose event had not fired"):
+        ki.ops.odeint(rising, y0, [0.0, 1.0], event_fn=log_height)
+    result = ki.ops.odeint(rising, y0, [0.0, 1.0], event_fn=log_height, on_failure="ignore")
+    assert int(result.stats.status) == int(ki.ops.Status.EVENT_NON_FINITE)
+    assert not np.any(result.event_fired.numpy())
+    assert np.all(np.isfinite(result.event_times.numpy()))
+    # Only the second sample's event turns NaN, from t = 0.5 on; the first fires at 1.
+    event = lambda t, y: tf.where(tf.constant([False, True]) & (t > 0.5),  # noqa: E731
+                                  tf.constant(np.nan, tf.float64), y[:, 0])
+    result = ki.ops.odeint(rising, y0, [0.0, 3.0], event_fn=event, on_failure="ignore")
+    assert int(result.stats.status) == int(ki.ops.Status.EVENT_NON_FINITE)
+    assert float(result.stats.final_time) > 0.5
+    assert result.event_fired.numpy().tolist() == [True, False]
+    assert abs(float(result.event_times[0]) - 1.0) < 1e-12
+
+
 def test_min_and_max_step_bound_the_steps():
     y0 = tf.constant([1.0], tf.float64)
     capped = ki.ops.odeint(lambda t, y: -y, y0, [0.0, 1.0],
