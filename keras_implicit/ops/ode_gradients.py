@@ -143,7 +143,7 @@ def with_differentiable_outputs(result, outputs):
     if dense is not None:
         dense = dense_lib.DenseSolution(tf.stop_gradient(dense.starts),
                                         tf.stop_gradient(dense.sizes), rest[:num_y],
-                                        tf.stop_gradient(dense.end))
+                                        tf.stop_gradient(dense.end), dense.complete)
     return result._replace(states=states, events=events, dense=dense)
 
 

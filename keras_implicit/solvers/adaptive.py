@@ -386,7 +386,8 @@ class _AdaptiveLoop(loop_lib.SolverLoop):
         stats = base.SolveStats(state["nfe"], state["accepted"], state["rejected"],
                                 state["status"], state["t"], state["dt"],
                                 None if self.tracker is None else state["events"]["steps"])
-        dense = None if self.recorder is None else self.recorder.finish(state["dense"], state["t"])
+        dense = None if self.recorder is None else self.recorder.finish(
+            state["dense"], state["t"], tf.equal(state["status"], Status.SUCCESS))
         return base.SolveResult(states, stats, dense, self.events_of(state))
 
 

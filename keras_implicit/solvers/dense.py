@@ -48,9 +48,9 @@ class DenseRecorder:
         indices = tf.range(start, end)
         return [ta.gather(indices) for ta in arrays["coefficients"]]
 
-    def finish(self, arrays, end):
+    def finish(self, arrays, end, complete=True):
         return DenseSolution(arrays["starts"].stack(), arrays["sizes"].stack(),
-                             [ta.stack() for ta in arrays["coefficients"]], end)
+                             [ta.stack() for ta in arrays["coefficients"]], end, complete)
 
 
 class DenseSolution:
@@ -60,13 +60,16 @@ class DenseSolution:
         starts, sizes: ``(num_steps,)`` start times and sizes of the accepted steps.
         coefficients: per state tensor, ``(num_steps, degree + 1, ...)``.
         end: the last time solved.
+        complete: whether the solve succeeded (a bool tensor); if not, the times past
+            ``end`` were not reached and evaluate to NaN, as the solve's outputs there.
     """
 
-    def __init__(self, starts, sizes, coefficients, end):
+    def __init__(self, starts, sizes, coefficients, end, complete=True):
         self.starts = starts
         self.sizes = sizes
         self.coefficients = coefficients
         self.end = end
+        self.complete = tf.convert_to_tensor(complete, tf.bool)
 
     @property
     def num_steps(self):
@@ -74,10 +77,12 @@ class DenseSolution:
 
     def evaluate(self, t):
         """The flat state at ``t`` (a scalar or a 1-D tensor of times; results get its shape
-        as a leading axis). Times are clipped into ``[start, end]``."""
+        as a leading axis). Times are clipped into ``[start, end]``; past the ``end`` of a
+        failed solve the state is NaN."""
         t = tf.convert_to_tensor(t, self.starts.dtype)
         scalar = t.shape.rank == 0
         times = tf.reshape(t, [-1])
+        unreached = ~self.complete & (times > self.end)
         times = tf.clip_by_value(times, self.starts[0], self.end)
         index = tf.clip_by_value(
             tf.searchsorted(self.starts, times, side="right") - 1, 0, self.num_steps - 1)
@@ -89,5 +94,7 @@ class DenseSolution:
             th = tf.reshape(theta, shape)
             [value] = interpolation.evaluate(
                 [tf.unstack(per_time, num=coefficients.shape[1], axis=1)], th)
+            value = tf.where(tf.reshape(unreached, shape), tf.constant(float("nan"), value.dtype),
+                             value)
             values.append(value[0] if scalar else value)
         return values

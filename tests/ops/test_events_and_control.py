@@ -217,6 +217,22 @@ def test_dense_output_matches_the_exact_solution_anywhere(solver):
                                rtol=1e-12)
 
 
+def test_the_dense_solution_of_a_failed_solve_is_nan_where_it_did_not_reach():
+    """It repeated the state at the failure time for every later time (0.9136 at t = 2,
+    where y = e^-2), beside NaN outputs."""
+    for gradient in ("backprop", "checkpointed"):
+        result = ki.ops.odeint(lambda t, y: -y, tf.constant([1.0], tf.float64),
+                               [0.0, 1.0, 2.0], max_num_steps=3, rtol=1e-10, atol=1e-10,
+                               on_failure="ignore", dense=True, gradient=gradient)
+        reached = float(result.stats.final_time)
+        assert int(result.stats.status) == 1 and 0 < reached < 0.5
+        values = result.evaluate(tf.constant([0.0, reached / 2, reached, 0.7, 2.0],
+                                             tf.float64)).numpy()[:, 0]
+        np.testing.assert_allclose(values[:3], np.exp(-np.array([0.0, reached / 2, reached])),
+                                   rtol=1e-9)
+        assert np.all(np.isnan(values[3:]))
+
+
 def test_dense_output_is_differentiable_with_backprop_and_checkpointed():
     a = tf.Variable(-0.7, dtype=tf.float64)
     for gradient in ("backprop", "checkpointed"):
