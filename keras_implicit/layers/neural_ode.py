@@ -120,7 +120,8 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             raise TypeError(f"`event` must be a Keras layer with call(state, t=None) returning "
                             f"(batch,). Received: event={event!r}")
         self.event = event
-        self.options.check_features(event_fn=None if event is None else self._event_fn)
+        self.options.check_features(event_fn=None if event is None else self._event_fn,
+                                    event_name="event")
         self.return_events = validation.check_bool("return_events", return_events)
         if self.return_events and event is None:
             raise ValueError("`return_events=True` needs an `event`. Received: event=None")
@@ -206,16 +207,42 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             if times[0] == self.t0:
                 return tf.constant(times, tf.float64), 0
             return tf.constant((self.t0,) + times, tf.float64), 1
-        if tf.is_tensor(solution_times):
-            solution_times = tf.cast(solution_times, tf.float64)
-        else:  # Python floats at full precision
-            solution_times = tf.constant(solution_times, tf.float64)
-        solution_times = tf.reshape(solution_times, [-1])
+        solution_times = self._check_call_times(solution_times)
         t0 = tf.constant([self.t0], tf.float64)
         starts_at_t0 = tf.equal(solution_times[0], t0[0])
         times = tf.cond(starts_at_t0, lambda: solution_times,
                         lambda: tf.concat([t0, solution_times], 0))
         return times, 1 - tf.cast(starts_at_t0, tf.int32)
+
+    def _check_call_times(self, solution_times):
+        """A call's ``solution_times`` as a float64 vector: 1-D, not empty, strictly ordered
+        from ``t0`` (which the first may equal) in the direction of ``t1``; checked now when
+        known, else when the graph runs."""
+        message = (f"`solution_times` of a call must be a non-empty 1-D list of finite times, "
+                   f"strictly ordered from t0={self.t0} in the direction of t1={self.t1} (the "
+                   f"first may equal t0).")
+        if tf.is_symbolic_tensor(solution_times):
+            if solution_times.shape.rank not in (None, 1):
+                raise ValueError(f"{message} Received: solution_times={solution_times!r}")
+            times = tf.reshape(tf.cast(solution_times, tf.float64), [-1])
+            from_t0 = tf.concat([tf.constant([self.t0], tf.float64), times], 0)
+            steps = (from_t0[1:] - from_t0[:-1]) * np.sign(self.t1 - self.t0)
+            check = tf.debugging.Assert(
+                (tf.size(times) > 0) & tf.reduce_all(tf.math.is_finite(times))
+                & tf.reduce_all(steps[:1] >= 0) & tf.reduce_all(steps[1:] > 0),
+                [message + " Received: solution_times=", times], summarize=20)
+            with tf.control_dependencies([check]):
+                return tf.identity(times)
+        try:  # Python floats, NumPy or an eager tensor: at full precision
+            values = np.asarray(solution_times, dtype=np.float64)
+        except (TypeError, ValueError):
+            values = None
+        if values is not None and values.ndim == 1 and values.size:
+            steps = np.diff(np.concatenate([[self.t0], values])) * np.sign(self.t1 - self.t0)
+            if np.all(np.isfinite(values)) and steps[0] >= 0 and np.all(steps[1:] > 0):
+                return tf.constant(values)
+        shown = values.tolist() if values is not None else solution_times
+        raise ValueError(f"{message} Received: solution_times={shown!r}")
 
     def solve(self, inputs, solution_times=None, dense=False):
         """The whole ``ODEResult`` of the layer's solve from ``inputs``.

@@ -107,7 +107,9 @@ class LatentODE(keras.Model):
         self.seed = seed
         self.encoder_solver = solver_base.ODE_SOLVERS.serialize(
             solver_base.get(encoder_solver, "encoder_solver"))
-        self.encoder_num_steps = encoder_num_steps
+        # Checked whichever encoder runs: the config keeps it (it was taken unchecked for GRU).
+        self.encoder_num_steps = validation.optional(validation.positive_int,
+                                                     "encoder_num_steps", encoder_num_steps)
         policy = self.dtype_policy
         if encoder == "gru":
             self.encoder = GRUEncoder(self.latent_dim, self.hidden_units, t0=t0, dtype=policy,

@@ -64,14 +64,19 @@ class ODEOptions:
         self.jit_dynamics = jit_lib.check_jit_dynamics(jit_dynamics, self.solver)
         self.on_failure = failure.check_on_failure(on_failure)
 
-    def check_features(self, event_fn=None, dense=False, first_step=None):
-        """Refuses events and dense output on solvers without them, and a ``first_step``
-        that is not a positive number (a tensor is taken as it is: <= 0 at run time
-        means automatic)."""
+    def check_features(self, event_fn=None, dense=False, first_step=None, event_name="event_fn"):
+        """Refuses events, dense output and ``first_step`` on solvers without them, and a
+        ``first_step`` that is not a positive number (a tensor is taken as it is: <= 0 at
+        run time means automatic). ``event_name``: the argument that gave ``event_fn``."""
         validation.check_bool("dense", dense)
         if first_step is not None and not tf.is_tensor(first_step):
             validation.positive_float("first_step", first_step)
-        for flag, wanted, what in (("supports_events", event_fn is not None, "event_fn"),
+        if first_step is not None and not self.solver.adaptive:
+            raise ValueError(  # a fixed grid has no first step to choose: it was ignored
+                f"`first_step` works with the adaptive solvers 'dopri5' and 'bosh3' "
+                f"(AdaptiveRungeKutta), not with {self.solver.name!r}. "
+                f"Received: first_step={first_step!r}, solver={self.solver.name!r}")
+        for flag, wanted, what in (("supports_events", event_fn is not None, event_name),
                                    ("supports_dense", dense, "dense=True")):
             if wanted and not getattr(self.solver, flag):
                 raise ValueError(

@@ -1,5 +1,6 @@
 """What ``odeint`` returns: the states, the statistics, the events and the dense solution."""
 
+import numpy as np
 import tensorflow as tf
 
 from keras_implicit.solvers import events as events_lib
@@ -39,7 +40,8 @@ class ODEResult:
 
         Args:
             t: a scalar or a 1-D tensor of times (the results then get a
-                leading axis of its length). Times outside the span are clipped to it.
+                leading axis of its length). Times outside the span are clipped to it;
+                past the time a failed solve reached, the state is NaN.
 
         Returns:
             The state in the structure of ``y0``. Differentiable with
@@ -52,6 +54,10 @@ class ODEResult:
         if self._evaluate is None:
             raise ValueError("`evaluate` needs the dense solution: call odeint(..., dense=True). "
                              "Received: dense=False")
+        shape = tf.TensorShape(t.shape if hasattr(t, "shape") else np.shape(t))
+        if shape.rank is not None and shape.rank > 1:  # it was flattened, silently
+            raise ValueError(f"`t` must be a scalar or a 1-D tensor of times. Received: t of "
+                             f"shape {shape}")
         return self._evaluate(t)
 
     def __repr__(self):

@@ -69,7 +69,11 @@ class EventTracker:
         self.dtype = dtype
 
     def evaluate(self, t, y):
-        g = tf.convert_to_tensor(self.event_fn(t, y))
+        g = self.event_fn(t, y)
+        if g is None:
+            raise ValueError("`event_fn` must return one floating value per sample, shape "
+                             "(batch,). Received: None")
+        g = tf.convert_to_tensor(g)
         if not g.dtype.is_floating:
             raise TypeError(f"`event_fn` must return floating values of shape (batch,). "
                             f"Received: dtype {g.dtype.name}")

@@ -34,7 +34,7 @@ _MESSAGES = {
                               "iterations (max_iter) before finishing",
     Status.NON_FINITE: "the state, its derivative or the residual became NaN or Inf",
     Status.STEP_SIZE_TOO_SMALL: "the step size underflowed (the dynamics are too stiff or "
-                                "singular for the tolerances)",
+                                "singular for the tolerances, or first_step is too small)",
     Status.FAILED: "the solver reported a failure",
     Status.EVENT_NON_FINITE: "the event function (event_fn) gave NaN or Inf for a sample "
                              "whose event had not fired",

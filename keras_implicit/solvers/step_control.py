@@ -46,7 +46,9 @@ class StepController(Configured):
         jump_times: times at which the solver must stop exactly and restart
             with a fresh derivative (discontinuities of the dynamics in
             time), strictly increasing; each must lie within the solve's
-            span (checked when the solve starts).
+            span (checked when the solve starts, where its times are known
+            then; with times known only when the graph runs, a jump time
+            outside the span is ignored).
     """
 
     name = None

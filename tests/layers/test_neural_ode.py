@@ -1,6 +1,8 @@
 """NeuralODE: exact answers, Keras use, statistics and bad input (the `.keras` and SavedModel
 round trips of every solver and gradient: ``tests/test_layer_contract.py``)."""
 
+import re
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -107,6 +109,27 @@ def test_call_time_solution_times_override():
         np.testing.assert_allclose(out, expected, rtol=1e-7, atol=1e-8)
 
 
+def test_call_time_solution_times_are_checked():
+    """They were not: [-0.5, -1] integrated backwards from t0 = 0 of a layer going to
+    t1 = 1, [[0.5, 0.7]] was flattened, and [] failed in a StridedSlice."""
+    layer = ki.layers.NeuralODE(keras.layers.Dense(1, use_bias=False), return_sequences=True)
+    x = np.ones((1, 1), "float32")
+    for times in ([-0.5, -1.0], [[0.5, 0.7]], [], [0.5, 0.5], [0.2, np.nan], "soon",
+                  tf.constant([0.7, 0.2])):
+        shown = np.asarray(times, np.float64).tolist() if not isinstance(times, str) else times
+        with pytest.raises(ValueError, match=re.escape(f"Received: solution_times={shown!r}")):
+            layer(x, solution_times=times)
+    assert layer(x, solution_times=[0.0, 2.0]).shape == (1, 2, 1)  # past t1 is allowed
+    call = tf.function(lambda times: layer(x, solution_times=times),
+                       input_signature=[tf.TensorSpec([None], tf.float32)])
+    assert call(tf.constant([0.5, 0.7])).shape == (1, 2, 1)
+    for times in ([0.7, 0.5], [], [-1.0]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="of a call must be"):
+            call(tf.constant(times, tf.float32))
+    with pytest.raises(ValueError, match="of a call must be a non-empty 1-D"):
+        tf.function(lambda: layer(x, solution_times=tf.zeros([1, 2])))()
+
+
 def test_config_round_trip_gives_identical_outputs():
     # A solver with a step option of 0.1.0 (still read, with a warning).
     with pytest.warns(DeprecationWarning, match="safety=0.8"):
@@ -209,6 +232,9 @@ def test_solver_stats_are_recorded_per_call():
     ({"t0": "0"}, TypeError, "t0='0'"),
     ({"jit_dynamics": "yes"}, TypeError, "jit_dynamics='yes'"),
     ({"jit_dynamics": True, "solver": "bdf"}, ValueError, "jit_dynamics=True, solver='bdf'"),
+    # It named `event_fn`, which the layer does not take.
+    ({"event": keras.layers.Dense(1), "solver": "rk4", "num_steps": 4}, ValueError,
+     "^`event`: event works with the adaptive solvers"),
 ])
 def test_bad_arguments(kwargs, error, match):
     kwargs = {"dynamics": ki.layers.ConcatDense(3), **kwargs}

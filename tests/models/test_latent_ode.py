@@ -279,6 +279,7 @@ BAD_ARGUMENTS = [
     (dict(solver="nope"), "solver='nope'"),
     (dict(encoder="ode_rnn", encoder_solver="bdf"), "encoder_solver='bdf'"),
     (dict(encoder="ode_rnn", encoder_num_steps=0), "encoder_num_steps=0"),
+    (dict(encoder_num_steps=2.5), "encoder_num_steps=2.5"),  # GRU: it was kept unchecked
 ]
 
 

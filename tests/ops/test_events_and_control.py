@@ -233,6 +233,16 @@ def test_the_dense_solution_of_a_failed_solve_is_nan_where_it_did_not_reach():
         assert np.all(np.isnan(values[3:]))
 
 
+def test_dense_output_refuses_times_of_rank_two():  # it flattened them
+    result = ki.ops.odeint(lambda t, y: -y, tf.constant([[1.0]], tf.float64), [0.0, 1.0],
+                           dense=True)
+    for t in (tf.constant([[0.2, 0.4]], tf.float64), [[0.2, 0.4]]):
+        with pytest.raises(ValueError, match=r"`t` must be a scalar or a 1-D tensor of times. "
+                                             r"Received: t of shape \(1, 2\)"):
+            result.evaluate(t)
+    assert result.evaluate([0.2, 0.4]).shape == (2, 1, 1)
+
+
 def test_dense_output_is_differentiable_with_backprop_and_checkpointed():
     a = tf.Variable(-0.7, dtype=tf.float64)
     for gradient in ("backprop", "checkpointed"):

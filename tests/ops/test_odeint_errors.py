@@ -33,6 +33,13 @@ def decay(t, y):
         ({"first_step": -0.1}, ValueError, "first_step=-0.1"),
         ({"first_step": float("nan")}, ValueError, "first_step=nan"),
         ({"first_step": "0.1"}, TypeError, "first_step='0.1'"),
+        # Ignored, silently, by a fixed grid:
+        ({"first_step": 0.3, "solver": "rk4", "num_steps": 4}, ValueError,
+         "`first_step` works with the adaptive solvers.*Received: first_step=0.3, "
+         "solver='rk4'"),
+        ({"event_fn": lambda t, y: None}, ValueError,  # was TensorFlow's conversion error
+         r"`event_fn` must return one floating value per sample, shape \(batch,\). "
+         "Received: None"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
