@@ -83,8 +83,7 @@ def test_half_precision_states_take_many_steps_in_float32_time():
     np.testing.assert_allclose(float(run()[0]), np.e, rtol=2e-3)
 
 
-@pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
-def test_long_intervals_may_start_with_small_steps(dtype):
+def test_long_intervals_may_start_with_small_steps(dtype=tf.float32):
     """The step-size floor was 16 eps of the interval's end: dy/dt = 0 (a zero-initialised
     dynamics) failed in float32 over [0, 10] (its first step is 1e-6), and so did
     y' = -1000 e^-t (y - 1) over [0, 1000]. The floor is now relative to the current time."""
