@@ -111,8 +111,9 @@ class EventTracker:
         return tf.reduce_all(state["fired"]) & (tf.size(state["fired"]) > 0)
 
     def failed(self, state):
-        """Whether ``event_fn`` gave NaN or Inf for a sample whose event has not fired."""
-        return tf.reduce_any(~state["fired"] & ~tf.math.is_finite(state["g"]))
+        """Whether ``event_fn`` gave NaN at an accepted state of a sample whose event has not
+        fired (no sign change can be read from it)."""
+        return tf.reduce_any(~state["fired"] & tf.math.is_nan(state["g"]))
 
     def update(self, state, accept, t, h, t_new, y_new, coefficients):
         """After a trial step: locates the events of the accepted step.
@@ -123,18 +124,21 @@ class EventTracker:
 
         def located():
             g_new = self.evaluate(t_new, y_new)
-            # A NaN is no sign change (it would fire at a NaN time): ``failed`` reports it.
-            valid = tf.math.is_finite(g_new) & tf.math.is_finite(state["g"])
-            crossing = (~state["fired"] & valid & tf.not_equal(state["g"], 0.0)
+            # A NaN at the step's end may follow a root inside the step (g = log(y) past
+            # y = 1 and y = 0): it is bisected as the other side, and fires only if the
+            # bracket closes on a sign change, not on NaN. An Inf has a sign.
+            crossing = (~state["fired"] & ~tf.math.is_nan(state["g"])
+                        & tf.not_equal(state["g"], 0.0)
                         & (tf.equal(g_new, 0.0) | (tf.sign(g_new) != tf.sign(state["g"]))))
             return g_new, crossing
 
-        g_new, crossing = tf.cond(
+        g_new, fired_here = tf.cond(
             accept, located,
             lambda: (state["g"], tf.zeros_like(state["fired"])))
 
         def fire():
-            theta = self._bisect(state["g"], t, h, coefficients, crossing)
+            theta, closed_on_nan = self._bisect(state["g"], t, h, coefficients, fired_here)
+            crossing = fired_here & ~closed_on_nan  # a NaN of g_new: ``failed`` reports it
             times, states, slopes = self._differentiable_event(theta, t, h, coefficients)
             new = {
                 "g": g_new, "fired": state["fired"] | crossing,
@@ -150,7 +154,7 @@ class EventTracker:
         def keep():
             return {**state, "g": tf.where(accept, g_new, state["g"])}, list(y_new)
 
-        return tf.cond(tf.reduce_any(crossing), fire, keep)
+        return tf.cond(tf.reduce_any(fired_here), fire, keep)
 
     def _g_at(self, theta, t, h, coefficients):
         return self.evaluate(t + theta * h, _polynomials_at(coefficients, theta))
@@ -201,11 +205,12 @@ class EventTracker:
                 (g_upper, new_g_upper), (last_side, side)))
 
         limit = 3 * (int(state_ops.finfo(self.dtype).nmant) + 2)
-        _, _, upper, _, _, _ = tf.while_loop(
+        _, _, upper, _, g_upper, _ = tf.while_loop(
             lambda k, lower, upper, *_: (k < limit) & ~tf.reduce_all(done(lower, upper)), body,
             (tf.constant(0), lower, upper, g_start, g_upper, last_side),
             maximum_iterations=limit)
-        return tf.stop_gradient(tf.where(crossing, upper, tf.ones_like(upper)))
+        theta = tf.stop_gradient(tf.where(crossing, upper, tf.ones_like(upper)))
+        return theta, crossing & tf.math.is_nan(g_upper)
 
     def _differentiable_event(self, theta, t, h, coefficients):
         """Event times and states with the implicit-function-theorem gradient attached."""

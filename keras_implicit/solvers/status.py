@@ -36,8 +36,8 @@ _MESSAGES = {
     Status.STEP_SIZE_TOO_SMALL: "the step size underflowed (the dynamics are too stiff or "
                                 "singular for the tolerances, or first_step is too small)",
     Status.FAILED: "the solver reported a failure",
-    Status.EVENT_NON_FINITE: "the event function (event_fn) gave NaN or Inf for a sample "
-                             "whose event had not fired",
+    Status.EVENT_NON_FINITE: "the event function (event_fn) gave NaN for a sample whose "
+                             "event had not fired",
 }
 
 # Where a family can say more about why a solve stopped.
