@@ -85,13 +85,15 @@ class RunDirectory:
         return [name for name in self.result_names if os.path.lexists(self._path(name))]
 
     def read_record(self):
-        """``run.json`` as a dict, or ``None`` if absent or unreadable."""
+        """``run.json`` as a dict, or ``None`` if absent, unreadable or naming no command."""
         try:
             with open(self._path(RUN_FILE)) as handle:
                 record = json.load(handle)
         except (OSError, ValueError):
             return None
-        return record if isinstance(record, dict) else None
+        # A record that names no command is as unreadable as a broken one.
+        named = isinstance(record, dict) and isinstance(record.get("command"), str)
+        return record if named else None
 
     def check(self, overwrite):
         """Decides whether the run may write here; raises :class:`UsageError` if not.

@@ -49,6 +49,13 @@ def test_same_settings_continue_other_settings_are_refused(tmp_path):
                            r"\(its run.json\); --overwrite would discard only other's own"):
             run_directory.RunDirectory(out, "other", {"lr": 0.1}, ("other.csv",)).check(overwrite)
     assert json.loads((out / "run.json").read_text())["command"] == "demo"
+    run_file = out / "run.json"
+    record = run_file.read_text()
+    run_file.write_text("{}")  # names no command: unreadable, so --overwrite may replace it
+    with pytest.raises(UsageError, match="without a readable run.json"):
+        run_directory.RunDirectory(out, "other", {}, ("other.csv",)).check(False)
+    run_directory.RunDirectory(out, "other", {}, ("other.csv",)).check(True)
+    run_file.write_text(record)
 
     replaced = prepared(out, {"lr": 0.2, "seed": 0, "new": 1}, overwrite=True)
     replaced.release()
