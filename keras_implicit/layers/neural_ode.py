@@ -225,6 +225,11 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             if solution_times.shape.rank not in (None, 1):
                 raise ValueError(f"{message} Received: solution_times={solution_times!r}")
             times = tf.reshape(tf.cast(solution_times, tf.float64), [-1])
+            # t0 as the times' dtype holds it (float32 0.7 is 0.69999998): t0 exactly.
+            t0_there = tf.cast(tf.cast(self.t0, solution_times.dtype), tf.float64)
+            times = tf.concat([tf.where(tf.equal(times[:1], t0_there),
+                                        tf.constant(self.t0, tf.float64), times[:1]),
+                               times[1:]], 0)
             from_t0 = tf.concat([tf.constant([self.t0], tf.float64), times], 0)
             steps = (from_t0[1:] - from_t0[:-1]) * np.sign(self.t1 - self.t0)
             check = tf.debugging.Assert(
@@ -234,10 +239,13 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             with tf.control_dependencies([check]):
                 return tf.identity(times)
         try:  # Python floats, NumPy or an eager tensor: at full precision
-            values = np.asarray(solution_times, dtype=np.float64)
+            given = np.asarray(solution_times)
+            values = given.astype(np.float64)
         except (TypeError, ValueError):
             values = None
         if values is not None and values.ndim == 1 and values.size:
+            if given.dtype.kind == "f" and values[0] == np.asarray(self.t0, given.dtype):
+                values[0] = self.t0  # t0 as the times' dtype holds it: t0 exactly
             steps = np.diff(np.concatenate([[self.t0], values])) * np.sign(self.t1 - self.t0)
             if np.all(np.isfinite(values)) and steps[0] >= 0 and np.all(steps[1:] > 0):
                 return tf.constant(values)
@@ -300,6 +308,17 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         if self.return_events:
             return shape, (input_shape[0],), (input_shape[0],)
         return shape
+
+    def compute_output_spec(self, inputs, solution_times=None):
+        spec = super().compute_output_spec(inputs, solution_times=solution_times)
+        if not self.return_events:
+            return spec
+        # Keras gives every output the compute dtype: event times keep the solver's time
+        # dtype (float32 for half precision), and `fired` is bool.
+        state, event_time, fired = spec
+        time_dtype = "float64" if self.compute_dtype == "float64" else "float32"
+        return (state, keras.KerasTensor(event_time.shape, time_dtype),
+                keras.KerasTensor(fired.shape, "bool"))
 
     def get_config(self):
         return {

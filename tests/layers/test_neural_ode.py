@@ -128,6 +128,12 @@ def test_call_time_solution_times_are_checked():
             call(tf.constant(times, tf.float32))
     with pytest.raises(ValueError, match="of a call must be a non-empty 1-D"):
         tf.function(lambda: layer(x, solution_times=tf.zeros([1, 2])))()
+    # A float32 t0 (0.7 is 0.69999998 there) is t0, eagerly and traced (LatentODE's data).
+    late = ki.layers.NeuralODE(keras.layers.Dense(1, use_bias=False), t0=0.7, t1=2.0,
+                               return_sequences=True)
+    times = tf.constant([0.7, 1.0])
+    for out in (late(x, solution_times=times), tf.function(late)(x, solution_times=times)):
+        assert out.shape == (1, 2, 1) and float(out[0, 0, 0]) == 1.0
 
 
 def test_config_round_trip_gives_identical_outputs():

@@ -93,6 +93,13 @@ def test_event_times_keep_the_solver_time_dtype(policy):
     assert event_time.dtype == "float32" and list(fired.numpy()) == [True, False]
     assert abs(float(event_time[0]) - 2.5) < 10 * pc.EPS[policy]
     assert float(event_time[1]) == 70_000.0
+    # The functional API's symbolic outputs say so too (they had the compute dtype).
+    inputs = keras.Input((2,))
+    outputs = layer(inputs)
+    assert [o.dtype for o in outputs] == [pc.COMPUTE[policy], "float32", "bool"]
+    model = keras.Model(inputs, outputs)
+    expected = [pc.COMPUTE[policy], "float32", "bool"]
+    assert [o.dtype for o in model(np.zeros((1, 2), "float32"))] == expected
 
 
 def test_a_float64_layer_refuses_float32_dynamics():
