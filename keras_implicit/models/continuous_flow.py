@@ -233,6 +233,8 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
         if not self.built:
             raise ValueError(
                 "The ContinuousFlow is not built yet: call it on data or fit it first.")
+        if isinstance(n, tf.Variable):  # its value now (or, traced, when the graph runs)
+            n = tf.convert_to_tensor(n)
         if tf.is_symbolic_tensor(n):  # an exported endpoint's n: checked when it runs
             if not n.dtype.is_integer or n.shape.rank != 0:
                 raise validation.ArgumentTypeError(

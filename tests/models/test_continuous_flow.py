@@ -135,6 +135,7 @@ def test_bad_inputs_name_the_argument_and_value():
                                                        f"n={n!r}")):
             flow.sample(n)
     assert flow.sample(0).shape == (0, 2) and flow.sample(np.int64(3)).shape == (3, 2)
+    assert flow.sample(tf.Variable(2)).shape == (2, 2)
     sample = tf.function(flow.sample, input_signature=[tf.TensorSpec((), tf.int32)])
     assert sample(tf.constant(4)).shape == (4, 2)
     with pytest.raises(tf.errors.InvalidArgumentError, match="`n` must be an int >= 0"):
