@@ -10,8 +10,8 @@ ones included), checkpoints by ``tf.train.CheckpointManager``.
 bound on the time a worker waits for its peers.
 """
 
-import os
 import math
+import os
 import re
 
 import keras

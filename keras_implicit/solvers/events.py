@@ -166,9 +166,10 @@ class EventTracker:
         about 6-10 evaluations of the step polynomial instead of bisection's 54
         in float64), with every third iteration a bisection, so that the bracket
         at least halves every three iterations whatever ``g`` does. Stops per
-        sample when the bracket is narrower than ``eps`` or ``g`` is exactly 0;
-        the returned ``theta`` is the bracket's upper end, where the sign has
-        changed.
+        sample when the bracket is narrower than ``eps`` or ``g`` is exactly 0.
+        Returns ``(theta, closed_on_nan)``: the bracket's upper end, where the
+        sign has changed, and per sample whether it closed on a NaN of ``g``
+        instead (a NaN counts as the other side: no sign change was found).
         """
         eps = tf.constant(float(state_ops.finfo(self.dtype).eps), self.dtype)
         lower = tf.zeros_like(g_start)
