@@ -45,6 +45,7 @@ from keras_implicit import models  # noqa: E402
 from keras_implicit import ops  # noqa: E402
 from keras_implicit import serialization  # noqa: E402
 from keras_implicit import solvers  # noqa: E402
+from keras_implicit import testing  # noqa: E402
 from keras_implicit import validation  # noqa: E402
 
 __version__ = "0.1.0"

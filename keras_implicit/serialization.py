@@ -23,7 +23,7 @@ from keras_implicit.ops.fixed_point_gradients import FIXED_POINT_GRADIENTS
 from keras_implicit.ops.ode_gradients import ODE_GRADIENTS
 from keras_implicit.solvers.base import ODE_SOLVERS
 from keras_implicit.solvers.fixed_point_base import FIXED_POINT_SOLVERS
-from keras_implicit.solvers.registry import Registry
+from keras_implicit.solvers.registry import Registry, qualified_name, same_class
 from keras_implicit.solvers.step_control import STEP_CONTROLLERS
 
 KINDS = {
@@ -44,6 +44,12 @@ def _register_with_keras(registry, cls):
     if _known_to_keras(cls):
         return
     package = "keras_implicit" if cls.__module__.startswith("keras_implicit.") else "Custom"
+    existing = keras.saving.get_registered_object(f"{package}>{cls.__name__}")
+    if isinstance(existing, type) and not same_class(existing, cls):
+        # Keras would replace it: models saved with the other class would load this one.
+        raise ValueError(
+            f"Keras knows another class as '{package}>{cls.__name__}' "
+            f"({qualified_name(existing)}): give {qualified_name(cls)} another class name.")
     keras.saving.register_keras_serializable(package=package, name=cls.__name__)(cls)
 
 

@@ -68,3 +68,30 @@ def test_public_api_names():
 def test_public_classes_are_registered_serializable(cls):
     assert keras.saving.get_registered_name(cls) == f"keras_implicit>{cls.__name__}"
     assert cls.__doc__ and "Example" in cls.__doc__ or cls is ki.callbacks.SolverStats
+
+
+def test_a_taken_name_or_keras_name_is_refused_not_replaced():
+    """Registering under a taken name (a built-in's too) replaced the class silently, in
+    saved models' configs as well; two classes of one class name clashed in Keras."""
+    with pytest.raises(ValueError, match="name 'dopri5' is taken by keras_implicit.solvers"):
+        @ki.solvers.register("dopri5")
+        class NotDopri(ki.solvers.FixedGridRungeKutta):
+            pass
+
+    def define(tableau):
+        class TestClashRule(ki.solvers.FixedGridRungeKutta):
+            def __init__(self):
+                super().__init__(tableau)
+
+        return TestClashRule
+
+    first, second = define("euler"), define("midpoint")
+    second.__qualname__ = "another.TestClashRule"
+    ki.solvers.register("test_clash_rule")(first)
+    ki.solvers.register("test_clash_rule")(first)  # the same class again: fine
+    with pytest.raises(ValueError, match="name 'test_clash_rule' is taken"):
+        ki.solvers.register("test_clash_rule")(second)
+    with pytest.raises(ValueError, match="Keras knows another class as 'Custom>TestClashRule'"):
+        ki.solvers.register("test_clash_rule_2")(second)
+    assert type(ki.solvers.get("test_clash_rule")) is first
+    assert ki.testing.run_layer_contract is not None  # documented as ki.testing.*

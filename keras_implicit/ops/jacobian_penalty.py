@@ -41,5 +41,5 @@ def jacobian_frobenius_penalty(fn, z, num_samples=1, seed=None):
             probe = tf.random.stateless_normal(tf.shape(fz), seed=[seed, i], dtype=fz.dtype)
         vjp = tape.gradient(fz, z, output_gradients=probe)
         total += tf.reduce_sum(tf.square(vjp))
-    size = tf.cast(tf.size(z), z.dtype)
+    size = tf.cast(tf.maximum(tf.size(z), 1), z.dtype)  # an empty batch: 0, not NaN
     return total / (num_samples * size)

@@ -47,6 +47,16 @@ class Configured:
         return f"{type(self).__name__}({options})"
 
 
+def qualified_name(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def same_class(a, b):
+    """Whether ``a`` and ``b`` are one class, or the same definition run again (a module
+    reloaded, a notebook cell re-run): ``False`` for two different classes."""
+    return a is b or qualified_name(a) == qualified_name(b)
+
+
 class Registry:
     """Named factories of one kind of object.
 
@@ -66,6 +76,7 @@ class Registry:
         self.base_class = base_class
         self.argument = argument
         self._factories = {}
+        self._owners = {}  # name -> the class registered under it
         self.classes = []
         Registry.all[kind] = self
 
@@ -89,11 +100,19 @@ class Registry:
             if not isinstance(key, str) or not key:
                 raise ValueError(f"A registered {self.kind} needs a name (pass `name=` or set the "
                                  f"class attribute `name`). Received: name={key!r}")
-            self._factories[key] = cls if factory is None else factory
+            owner = self._owners.get(key)
+            if owner is not None and same_class(owner, cls) is False:
+                # It replaced the other class silently, in saved models' configs too.
+                raise ValueError(
+                    f"The {self.kind} name {key!r} is taken by {qualified_name(owner)}: "
+                    f"register {qualified_name(cls)} under another name. Received: "
+                    f"name={key!r}")
             if cls not in self.classes:
-                self.classes.append(cls)
                 for listener in Registry.listeners:
                     listener(self, cls)
+                self.classes.append(cls)
+            self._factories[key] = cls if factory is None else factory
+            self._owners[key] = cls
             return cls
 
         return decorator

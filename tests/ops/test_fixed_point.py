@@ -321,3 +321,11 @@ def test_inputs_that_are_not_numbers_get_errors_and_reasons_that_name_them():
                                          r"string\)"):
         z = solve()
     np.testing.assert_allclose(z.numpy(), 0.5 * np.tanh(z.numpy()) + 1.0, atol=1e-4)
+
+
+def test_the_jacobian_penalty_of_an_empty_batch_is_zero():  # it was NaN (0 / 0)
+    from keras_implicit.ops.jacobian_penalty import jacobian_frobenius_penalty
+
+    penalty = jacobian_frobenius_penalty(lambda z: 2.0 * z, tf.zeros([0, 3]), seed=1)
+    assert float(penalty) == 0.0
+    assert float(jacobian_frobenius_penalty(lambda z: 2.0 * z, tf.ones([2, 3]), 64, 1)) > 0
