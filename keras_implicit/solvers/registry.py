@@ -101,7 +101,7 @@ class Registry:
                 raise ValueError(f"A registered {self.kind} needs a name (pass `name=` or set the "
                                  f"class attribute `name`). Received: name={key!r}")
             owner = self._owners.get(key)
-            if owner is not None and same_class(owner, cls) is False:
+            if owner is not None and not same_class(owner, cls):
                 # It replaced the other class silently, in saved models' configs too.
                 raise ValueError(
                     f"The {self.kind} name {key!r} is taken by {qualified_name(owner)}: "
