@@ -13,7 +13,8 @@ class SolverStats(keras.callbacks.Callback):
     for example ``"neural_ode/nfe_forward"``. They appear in the progress bar
     (after each batch), in ``History`` and in ``TensorBoard`` (at each epoch
     end) as long as this callback comes before ``TensorBoard`` in the list.
-    The values are those of the last batch.
+    The values are those of the last training batch; with validation data,
+    ``"val_<layer name>/<statistic>"`` holds those of the last validation batch.
 
     Args:
         prefix: prepended to every entry (default ``""``).
@@ -26,6 +27,7 @@ class SolverStats(keras.callbacks.Callback):
     def __init__(self, prefix=""):
         super().__init__()
         self.prefix = prefix
+        self._train = self._validation = None
 
     def get_config(self):
         return {"prefix": self.prefix}
@@ -46,14 +48,26 @@ class SolverStats(keras.callbacks.Callback):
         if logs is not None:
             logs.update(self.current())
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._train = self._validation = None
+
     def on_train_batch_end(self, batch, logs=None):
-        self._update(logs)
+        self._train = self.current()
+        if logs is not None:
+            logs.update(self._train)
 
     def on_test_batch_end(self, batch, logs=None):
         self._update(logs)
 
-    def on_epoch_end(self, epoch, logs=None):
-        self._update(logs)
-
     def on_test_end(self, logs=None):
-        self._update(logs)
+        self._validation = self.current()
+        if logs is not None:
+            logs.update(self._validation)
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The validation pass ran last: its statistics went under the training names.
+        if logs is None:
+            return
+        logs.update(self._train if self._train is not None else self.current())
+        if self._validation is not None:
+            logs.update({f"val_{name}": value for name, value in self._validation.items()})

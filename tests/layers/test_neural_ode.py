@@ -258,3 +258,29 @@ def test_dynamics_changing_the_shape_are_refused():
     layer = ki.layers.NeuralODE(keras.layers.Dense(4))
     with pytest.raises(ValueError, match=r"shape \(2, 4\) for a state of shape \(2, 3\)"):
         layer(np.ones((2, 3), "float32"))
+
+
+@pytest.mark.plain_graph(False)  # the defaults: these weights take 62 and 74 evaluations
+def test_solver_stats_keep_training_and_validation_apart():
+    """The validation pass ran last, and its statistics went under the training names."""
+    keras.utils.set_random_seed(0)  # weights for which the two passes take other steps
+    x, y = np.full((32, 2), 0.01, "float32"), np.zeros((32, 1), "float32")
+    model = keras.Sequential([
+        keras.Input((2,)), ki.layers.NeuralODE(ki.layers.ConcatDense(2, activation=None), t1=3.0,
+                                               rtol=1e-6, atol=1e-6, name="node"),
+        keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+
+    class LastTrainingBatch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.nfe = logs["node/nfe_forward"]
+
+    spy = LastTrainingBatch()
+    x_validation = np.full((32, 2), 30.0, "float32")
+    history = model.fit(x, y, epochs=1, batch_size=32, verbose=0,
+                        validation_data=(x_validation, y),
+                        callbacks=[ki.callbacks.SolverStats(), spy])
+    model.evaluate(x_validation, y, batch_size=32, verbose=0)
+    validation_nfe = int(model.get_layer("node").solver_stats()["nfe_forward"])
+    assert history.history["node/nfe_forward"] == [spy.nfe] != [validation_nfe]
+    assert history.history["val_node/nfe_forward"] == [validation_nfe]
