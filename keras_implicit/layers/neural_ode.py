@@ -156,10 +156,7 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
             raise validation.ArgumentTypeError(
                 f"`solution_times` must be a list of numbers. "
                 f"Received: solution_times={solution_times!r}") from None
-        direction = np.sign(self.t1 - self.t0)
-        steps = np.diff([self.t0] + times) * direction
-        if not times or not np.all(np.isfinite(times)) or np.any(steps[1:] <= 0) \
-                or steps[0] < 0:
+        if not self._ordered_from_t0(times):
             raise ValueError(
                 f"`solution_times` must be finite and strictly ordered from t0={self.t0} "
                 f"towards t1={self.t1}. Received: solution_times={list(times)}")
@@ -168,6 +165,13 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
                 f"`solution_times` must end at t1={self.t1}. Received: "
                 f"solution_times={list(times)}")
         return tuple(times)
+
+    def _ordered_from_t0(self, times):
+        """Whether ``times`` (a sequence of floats) is non-empty, finite and strictly ordered
+        from ``t0`` (which the first may equal) in the direction of ``t1``."""
+        steps = np.diff(np.concatenate([[self.t0], times])) * np.sign(self.t1 - self.t0)
+        return (len(times) > 0 and bool(np.all(np.isfinite(times))) and steps[0] >= 0
+                and bool(np.all(steps[1:] > 0)))
 
     # Option attributes (read-only views of the validated options).
     solver = property(lambda self: self.options.solver)
@@ -246,8 +250,7 @@ class NeuralODE(SolverStatsMixin, keras.layers.Layer):
         if values is not None and values.ndim == 1 and values.size:
             if given.dtype.kind == "f" and values[0] == np.asarray(self.t0, given.dtype):
                 values[0] = self.t0  # t0 as the times' dtype holds it: t0 exactly
-            steps = np.diff(np.concatenate([[self.t0], values])) * np.sign(self.t1 - self.t0)
-            if np.all(np.isfinite(values)) and steps[0] >= 0 and np.all(steps[1:] > 0):
+            if self._ordered_from_t0(values):
                 return tf.constant(values)
         shown = values.tolist() if values is not None else solution_times
         raise ValueError(f"{message} Received: solution_times={shown!r}")

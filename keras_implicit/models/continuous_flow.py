@@ -239,7 +239,6 @@ class ContinuousFlow(SolverStatsMixin, keras.Model):
             if not n.dtype.is_integer or n.shape.rank != 0:
                 raise validation.ArgumentTypeError(
                     f"`n` must be an int >= 0 (or a scalar integer tensor). Received: n={n!r}")
-            n = tf.ensure_shape(n, [])
             with tf.control_dependencies([tf.debugging.assert_non_negative(
                     n, message="`n` must be an int >= 0 (the number of samples)")]):
                 n = tf.identity(n)
